@@ -1,0 +1,261 @@
+"""What happens to one delivered request, from validation to ack.
+
+validate → (duplicate? bounded redelivery?) → wait for the conversation's turn → stream the run
+to the hub → publish the one final event → ack. Invalid requests get a `failed` event, an
+`error` payload when their channel can be read, and are dead-lettered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from aio_pika.abc import AbstractIncomingMessage
+from pydantic import ValidationError
+
+from service.assistant.events import RunResult
+from service.assistant.runner import ConversationQueue, Runner
+from service.errors import ServiceError
+from service.schemas import (
+    CHANNEL_PATTERN,
+    ChatRequest,
+    CompletedEvent,
+    ErrorCode,
+    FailedEvent,
+)
+from service.sinks.events import EventPublisher, ReplyTo
+from service.sinks.hub import Hub
+from service.sinks.streamer import HubStreamer
+
+log = logging.getLogger("service.requests")
+
+DELIVERIES_HEADER = "x-service-deliveries"
+JSON_CONTENT_TYPES = re.compile(r"^(application/([\w.+-]+\+)?json|text/json)\s*(;.*)?$", re.I)
+_CHANNEL = re.compile(CHANNEL_PATTERN)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamingOptions:
+    flush_ms: int
+    flush_chars: int
+    hub_send_timeout: float
+
+
+@dataclass(slots=True)
+class _Record:
+    """What this process knows about a message_id it has seen (for redelivered copies)."""
+
+    done: asyncio.Event
+    final: CompletedEvent | FailedEvent | None = None
+
+
+class RequestProcessor:
+    """Processes delivered chat requests; one instance per service process."""
+
+    def __init__(
+        self,
+        *,
+        runner: Runner,
+        hub: Hub,
+        events: EventPublisher,
+        options: StreamingOptions,
+        remember: int = 10_000,
+    ) -> None:
+        self._runner = runner
+        self._hub = hub
+        self._events = events
+        self._options = options
+        self._queue = ConversationQueue()
+        self._seen: OrderedDict[str, _Record] = OrderedDict()
+        self._remember = remember
+        self.in_flight = 0
+
+    # -- invalid input ---------------------------------------------------------------------
+
+    def parse(self, body: bytes, content_type: str | None) -> ChatRequest:
+        """Validate a raw body; raises `ServiceError(invalid_request)` with a readable reason."""
+        if content_type and not JSON_CONTENT_TYPES.match(content_type):
+            raise ServiceError(
+                ErrorCode.INVALID_REQUEST, f"Unsupported content type {content_type[:60]!r}"
+            )
+        try:
+            return ChatRequest.model_validate_json(body)
+        except ValidationError as exc:
+            raise ServiceError(ErrorCode.INVALID_REQUEST, _describe_validation(exc)) from None
+
+    async def reject_invalid(self, raw: AbstractIncomingMessage, error: ServiceError) -> None:
+        """Publish the failed event (and hub error payload), then dead-letter the message."""
+        fields = _readable_fields(raw.body)
+        channel = fields.get("channel")
+        message_id = fields.get("message_id") or raw.message_id or _new_id()
+        thread_id = fields.get("thread_id") or channel
+        log.info("rejected invalid request message_id=%s: %s", message_id, error.message)
+        if channel is not None:
+            streamer = HubStreamer(
+                self._hub, channel=channel, message_id=message_id, thread_id=thread_id or channel
+            )
+            streamer.start()
+            await streamer.on_failed(error)
+        await self._events.publish_failed(
+            FailedEvent(
+                message_id=message_id,
+                channel=channel,
+                thread_id=thread_id,
+                code=error.code,
+                message=error.message,
+                retryable=False,
+                occurred_at=time.time(),
+            ),
+            _reply_to(raw),
+        )
+        await raw.reject(requeue=False)
+
+    # -- a valid request -------------------------------------------------------------------
+
+    async def process(self, request: ChatRequest, raw: AbstractIncomingMessage) -> None:
+        message_id = request.message_id or raw.message_id or _new_id()
+        thread_id = request.conversation_id
+        turn = self._queue.reserve(thread_id)
+        record = self._seen.get(message_id)
+        if record is not None:
+            turn.release()
+            await self._settle_duplicate(record, raw)
+            return
+        record = self._remember_id(message_id)
+        self.in_flight += 1
+        try:
+            async with turn:
+                final = await self._run(request, raw, message_id, thread_id)
+            record.final = final
+            await self._publish_final(final, raw)
+            await raw.ack()
+        finally:
+            self.in_flight -= 1
+            record.done.set()
+
+    async def _run(
+        self, request: ChatRequest, raw: AbstractIncomingMessage, message_id: str, thread_id: str
+    ) -> CompletedEvent | FailedEvent:
+        started_at = time.time()
+        streamer = HubStreamer(
+            self._hub,
+            channel=request.channel,
+            message_id=message_id,
+            thread_id=thread_id,
+            flush_ms=self._options.flush_ms,
+            flush_chars=self._options.flush_chars,
+        )
+        streamer.start()
+        log.info("accepted message_id=%s thread_id=%s", message_id, thread_id)
+        outcome = await self._runner.run(
+            thread_id, request.message, streamer, text_started=lambda: streamer.text_started
+        )
+        delivered = await streamer.delivered(self._options.hub_send_timeout)
+        finished_at = time.time()
+        if isinstance(outcome, RunResult):
+            log.info(
+                "completed message_id=%s thread_id=%s duration_ms=%d tools=%d hub_delivered=%s",
+                message_id,
+                thread_id,
+                (finished_at - started_at) * 1000,
+                len(outcome.tool_calls),
+                delivered,
+            )
+            return CompletedEvent(
+                message_id=message_id,
+                channel=request.channel,
+                thread_id=thread_id,
+                run_id=outcome.run_id,
+                text=outcome.text,
+                tool_calls=outcome.tool_calls,
+                usage=outcome.usage,
+                started_at=started_at,
+                finished_at=finished_at,
+                duration_ms=int((finished_at - started_at) * 1000),
+                hub_delivered=delivered,
+                hub_error=None if delivered else ErrorCode.WEBSOCKET_UNAVAILABLE,
+            )
+        log.info(
+            "failed message_id=%s thread_id=%s code=%s retryable=%s",
+            message_id,
+            thread_id,
+            outcome.code.value,
+            outcome.retryable,
+        )
+        return FailedEvent(
+            message_id=message_id,
+            channel=request.channel,
+            thread_id=thread_id,
+            code=outcome.code,
+            message=outcome.message,
+            retryable=outcome.retryable,
+            occurred_at=finished_at,
+        )
+
+    async def _publish_final(
+        self, final: CompletedEvent | FailedEvent, raw: AbstractIncomingMessage
+    ) -> None:
+        if isinstance(final, CompletedEvent):
+            await self._events.publish_completed(final, _reply_to(raw))
+        else:
+            await self._events.publish_failed(final, _reply_to(raw))
+
+    async def _settle_duplicate(self, record: _Record, raw: AbstractIncomingMessage) -> None:
+        # A redelivered copy of a request this process ran or is running (the broker
+        # connection dropped before its ack): never run it twice.
+        await record.done.wait()
+        log.info("redelivered copy of message_id=%s settled without a second run", raw.message_id)
+        await raw.ack()
+
+    def _remember_id(self, message_id: str) -> _Record:
+        record = _Record(done=asyncio.Event())
+        self._seen[message_id] = record
+        while len(self._seen) > self._remember:
+            self._seen.popitem(last=False)
+        return record
+
+
+def _reply_to(raw: AbstractIncomingMessage) -> ReplyTo | None:
+    if raw.reply_to:
+        return ReplyTo(queue=raw.reply_to, correlation_id=raw.correlation_id)
+    return None
+
+
+def _new_id() -> str:
+    return f"msg_{uuid.uuid4().hex}"
+
+
+def _readable_fields(body: bytes) -> dict[str, str]:
+    """`channel`, `message_id`, `thread_id` of an invalid body, where they are valid on their own."""
+    try:
+        data: Any = json.loads(body)
+    except (ValueError, RecursionError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    fields: dict[str, str] = {}
+    for name in ("channel", "thread_id"):
+        value = data.get(name)
+        if isinstance(value, str) and _CHANNEL.match(value):
+            fields[name] = value
+    message_id = data.get("message_id")
+    if isinstance(message_id, str) and 0 < len(message_id) <= 200 and message_id.isprintable():
+        fields["message_id"] = message_id
+    return fields
+
+
+def _describe_validation(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False)[:5]:
+        where = ".".join(str(p) for p in error["loc"]) or "body"
+        parts.append(f"{where[:80]}: {error['msg'][:200]}")
+    text = "Invalid request: " + "; ".join(parts)
+    # Field names can come from the input (metadata keys): keep the text printable and encodable.
+    return text.encode("utf-8", "replace").decode("utf-8")

@@ -1,0 +1,121 @@
+"""The long-lived clients of one service process, built from settings, started and stopped once.
+
+Nothing here touches the network until `start()`: importing the app stays side-effect free.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import httpx2
+from openai import AsyncOpenAI
+
+from service.assistant.responses import AssistantSpec, ResponsesBackend
+from service.assistant.retry import RetryPolicy
+from service.assistant.runner import Backend, Runner
+from service.config import Settings
+from service.handlers.processor import RequestProcessor, StreamingOptions
+from service.sinks.events import EventPublisher
+from service.sinks.hub import WebSocketHub
+from service.tools import ToolConfig, ToolRegistry
+
+log = logging.getLogger("service")
+
+
+def tool_config(settings: Settings) -> ToolConfig:
+    return ToolConfig(
+        openweather_api_key=settings.openweather_api_key.get_secret_value(),
+        openweather_base_url=settings.openweather_base_url,
+        kmc_api_url=settings.kmc_api_url,
+        kmc_api_key=settings.kmc_api_key.get_secret_value(),
+        timeout=settings.tool_timeout,
+        max_output_chars=settings.tool_output_max_chars,
+        enabled=settings.assistant_tools,
+    )
+
+
+def openai_client(settings: Settings, http: httpx2.AsyncClient | None = None) -> AsyncOpenAI:
+    # Retries are ours (RetryPolicy): the SDK cannot retry a stream that failed midway.
+    return AsyncOpenAI(
+        api_key=settings.openai_api_key.get_secret_value() or "missing-key",
+        base_url=settings.openai_base_url or None,
+        max_retries=0,
+        http_client=http,
+    )
+
+
+class Runtime:
+    """Owns the HTTP client, the OpenAI client, the hub connection and the request processor."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.processor: RequestProcessor | None = None
+        self.hub: WebSocketHub | None = None
+        self._http: httpx2.AsyncClient | None = None
+        self._openai: AsyncOpenAI | None = None
+
+    async def start(self, events: EventPublisher) -> RequestProcessor:
+        s = self.settings
+        limits = httpx2.Limits(
+            max_connections=None, max_keepalive_connections=s.max_concurrency * 2
+        )
+        self._http = httpx2.AsyncClient(
+            limits=limits, timeout=httpx2.Timeout(s.tool_timeout, connect=5.0)
+        )
+        self._openai = openai_client(
+            s,
+            httpx2.AsyncClient(
+                limits=limits,
+                timeout=httpx2.Timeout(s.run_timeout, connect=10.0, read=s.stream_idle_timeout),
+            ),
+        )
+        toolbox = ToolRegistry.from_config(tool_config(s), self._http)
+        backend = self._backend(toolbox)
+        self.hub = WebSocketHub(
+            s.websocket_uri,
+            token=s.websocket_token.get_secret_value() or None,
+            buffer_size=s.hub_buffer_size,
+            reconnect_min=s.hub_reconnect_min,
+            reconnect_max=s.hub_reconnect_max,
+        )
+        await self.hub.start(connect_timeout=2.0)
+        self.processor = RequestProcessor(
+            runner=Runner(backend, run_timeout=s.run_timeout),
+            hub=self.hub,
+            events=events,
+            options=StreamingOptions(
+                flush_ms=s.delta_flush_ms,
+                flush_chars=s.delta_flush_chars,
+                hub_send_timeout=s.hub_send_timeout,
+            ),
+        )
+        return self.processor
+
+    def _backend(self, toolbox: ToolRegistry) -> Backend:
+        s = self.settings
+        assert self._openai is not None
+        retry = RetryPolicy(attempts=s.openai_max_attempts, backoff=s.openai_retry_backoff)
+        spec = AssistantSpec(
+            name=s.assistant_name, model=s.openai_model, instructions=s.assistant_instructions
+        )
+        if s.openai_api == "assistants":
+            from service.assistant.assistants import AssistantsBackend
+
+            return AssistantsBackend(
+                self._openai,
+                assistant_id=s.openai_assistant_id,
+                toolbox=toolbox,
+                retry=retry,
+                idle_timeout=s.stream_idle_timeout,
+            )
+        return ResponsesBackend(
+            self._openai, spec, toolbox, retry=retry, idle_timeout=s.stream_idle_timeout
+        )
+
+    async def stop(self) -> None:
+        if self.hub is not None:
+            await self.hub.close(flush_timeout=self.settings.hub_send_timeout)
+        if self._openai is not None:
+            await self._openai.close()
+        if self._http is not None:
+            await self._http.aclose()

@@ -1,0 +1,175 @@
+"""The WebSocket streamer: the run event handler that turns run events into hub payloads.
+
+It owns the per-request payload rules of contract §5: `seq` without gaps, `responding` once
+before the first text, text deltas coalesced (by time and by size), exactly one final payload,
+and the concatenated deltas equal to the final message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from service.assistant.events import RunEventHandler, RunResult, ToolCall, ToolOutcome
+from service.errors import ServiceError
+from service.schemas import ErrorCode
+from service.sinks.hub import Hub
+
+
+class HubStreamer(RunEventHandler):
+    """Streams one request to its hub channel."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        *,
+        channel: str,
+        message_id: str,
+        thread_id: str,
+        flush_ms: int = 30,
+        flush_chars: int = 200,
+    ) -> None:
+        self._hub = hub
+        self.channel = channel
+        self._message_id = message_id
+        self._thread_id = thread_id
+        self._flush_after = flush_ms / 1000
+        self._flush_chars = flush_chars
+        self._seq = 0
+        self._sent_text = ""
+        self._unsent: list[str] = []
+        self._unsent_chars = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._responding = False
+        self._finished = False
+        self._subscribed = False
+        self.first_text_at: float | None = None
+
+    @property
+    def text_started(self) -> bool:
+        """True once any answer text was produced (a restart would duplicate it)."""
+        return self._responding
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    def start(self) -> None:
+        """Subscribe to the channel and send `started`."""
+        self._hub.subscribe(self.channel)
+        self._subscribed = True
+        self._emit("status", "started", "Request received")
+
+    async def on_tool_call_started(self, call: ToolCall) -> None:
+        self._flush()
+        self._emit(
+            "tool",
+            "processing",
+            f"Calling {call.name}",
+            tool={"name": call.name, "call_id": call.call_id},
+        )
+
+    async def on_tool_call_finished(self, outcome: ToolOutcome) -> None:
+        verb = "returned" if outcome.ok else "failed"
+        self._emit(
+            "tool",
+            "processing",
+            f"{outcome.name} {verb} in {outcome.duration_ms} ms",
+            tool={"name": outcome.name, "call_id": outcome.call_id},
+        )
+
+    async def on_text_delta(self, delta: str) -> None:
+        if not delta or self._finished:
+            return
+        if not self._responding:
+            self._responding = True
+            self.first_text_at = time.time()
+            self._emit("status", "responding", "Responding")
+        self._unsent.append(delta)
+        self._unsent_chars += len(delta)
+        if self._unsent_chars >= self._flush_chars or self._flush_after <= 0:
+            self._flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._flush_after, self._flush)
+
+    async def on_completed(self, result: RunResult) -> None:
+        if self._finished:
+            return
+        delta = self._take_unsent()
+        self._sent_text += delta
+        self._emit("response", "completed", self._sent_text, delta=delta, final=True)
+        self._finish()
+
+    async def on_failed(self, error: ServiceError) -> None:
+        if self._finished:
+            return
+        self._flush()
+        kind = "timeout" if error.code is ErrorCode.TIMEOUT else "error"
+        self._emit(
+            kind,
+            "error",
+            error.message,
+            final=True,
+            error={"code": error.code.value, "retryable": error.retryable},
+            error_details=error.message,
+        )
+        self._finish()
+
+    async def delivered(self, timeout: float) -> bool:
+        """Wait for this request's payloads to reach the hub; False if they could not."""
+        return await self._hub.drain(self.channel, timeout)
+
+    def _finish(self) -> None:
+        self._finished = True
+        if self._subscribed:
+            self._subscribed = False
+            self._hub.unsubscribe(self.channel)
+
+    def _take_unsent(self) -> str:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        text = "".join(self._unsent)
+        self._unsent.clear()
+        self._unsent_chars = 0
+        return text
+
+    def _flush(self) -> None:
+        delta = self._take_unsent()
+        if not delta or self._finished:
+            return
+        self._sent_text += delta
+        self._emit("response", "in_progress", self._sent_text, delta=delta)
+
+    def _emit(
+        self,
+        kind: str,
+        status: str,
+        message: str,
+        *,
+        delta: str | None = None,
+        final: bool = False,
+        tool: dict[str, str] | None = None,
+        error: dict[str, Any] | None = None,
+        error_details: str | None = None,
+    ) -> None:
+        payload: dict[str, Any] = {
+            "type": kind,
+            "status": status,
+            "message": message,
+            "final_message": final,
+            "timestamp": time.time(),
+            "seq": self._seq,
+            "message_id": self._message_id,
+            "thread_id": self._thread_id,
+        }
+        if delta is not None:
+            payload["delta"] = delta
+        if tool is not None:
+            payload["tool"] = tool
+        if error is not None:
+            payload["error"] = error
+            payload["error_details"] = error_details
+        self._seq += 1
+        self._hub.send(self.channel, payload)
