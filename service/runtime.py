@@ -30,7 +30,7 @@ def tool_config(settings: Settings) -> ToolConfig:
         kmc_api_key=settings.kmc_api_key.get_secret_value(),
         timeout=settings.tool_timeout,
         max_output_chars=settings.tool_output_max_chars,
-        enabled=settings.assistant_tools,
+        enabled=settings.assistant_tools or None,
     )
 
 

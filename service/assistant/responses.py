@@ -6,6 +6,7 @@ whose input is the tool outputs, until the model answers with text.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -89,9 +90,8 @@ class ResponsesBackend:
             await handler.on_text_delta(delta)
 
         for _ in range(MAX_TOOL_ROUNDS + 1):
-            current_input = turn_input
             turn = await self._retry.run(
-                lambda: self._turn(thread_id, current_input, handler, on_text),
+                functools.partial(self._turn, thread_id, turn_input, handler, on_text),
                 may_retry=lambda: not text_started(),
             )
             response_id = turn.response_id or response_id
@@ -144,7 +144,9 @@ class ResponsesBackend:
                 elif isinstance(event, ResponseCompletedEvent):
                     u = event.response.usage
                     if u is not None:
-                        turn.usage = Usage(input_tokens=u.input_tokens, output_tokens=u.output_tokens)
+                        turn.usage = Usage(
+                            input_tokens=u.input_tokens, output_tokens=u.output_tokens
+                        )
                 elif isinstance(event, ResponseFailedEvent | ResponseIncompleteEvent):
                     raise _response_error(event.response)
                 elif isinstance(event, ResponseErrorEvent):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+
 from faststream.rabbit import RabbitBroker
 from faststream.rabbit.publisher import RabbitPublisher
 from pydantic import BaseModel
@@ -28,7 +29,9 @@ class ReplyTo:
 class EventPublisher:
     """Publishes final events; wired with the two documented FastStream publishers."""
 
-    def __init__(self, completed: RabbitPublisher, failed: RabbitPublisher, broker: RabbitBroker) -> None:
+    def __init__(
+        self, completed: RabbitPublisher, failed: RabbitPublisher, broker: RabbitBroker
+    ) -> None:
         self._completed = completed
         self._failed = failed
         self._broker = broker
@@ -39,7 +42,9 @@ class EventPublisher:
     async def publish_failed(self, event: FailedEvent, reply: ReplyTo | None = None) -> None:
         await self._publish(self._failed, event, reply)
 
-    async def _publish(self, publisher: RabbitPublisher, event: BaseModel, reply: ReplyTo | None) -> None:
+    async def _publish(
+        self, publisher: RabbitPublisher, event: BaseModel, reply: ReplyTo | None
+    ) -> None:
         body = event.model_dump_json().encode()
         await publisher.publish(
             body,

@@ -13,6 +13,7 @@ contract §5; another hub (nginx + nchan, one publisher socket per channel) is o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -97,6 +98,7 @@ class WebSocketHub:
         self._active: Counter[str] = Counter()
         self._drained: dict[str, asyncio.Event] = {}
         self._wakeup = asyncio.Event()
+        self._emptied = asyncio.Event()
         self._connected = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
@@ -180,18 +182,14 @@ class WebSocketHub:
         if self._writer is None:
             return
         if self._frames and self.connected:
-            try:
+            self._emptied.clear()
+            with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(flush_timeout):
-                    while self._frames and self.connected:
-                        await asyncio.sleep(0.01)
-            except TimeoutError:
-                pass
+                    await self._emptied.wait()
         self._closing = True
         self._writer.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await self._writer
-        except asyncio.CancelledError:
-            pass
         self._writer = None
 
     async def _run(self) -> None:
@@ -237,6 +235,7 @@ class WebSocketHub:
         try:
             while True:
                 if not self._frames:
+                    self._emptied.set()
                     self._wakeup.clear()
                     waiter = asyncio.ensure_future(self._wakeup.wait())
                     done, _ = await asyncio.wait(

@@ -1,0 +1,66 @@
+# The assistant streaming service. `make help` lists the targets.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: help install run test lint format typecheck demo chat docs docs-serve bench \
+        assistant-create assistant-delete thread-create clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install the service with its dev tools
+
+run: $(STAMP)  ## run the service (settings from settings.toml, .env, environment)
+	$(VENV)/bin/faststream run service.app:app
+
+lint: $(STAMP)  ## ruff (lint + format check) and mypy --strict on service/
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy service
+
+format: $(STAMP)  ## apply ruff's formatting and fixes
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: $(STAMP)  ## lint, type-check, then the whole suite against the real RabbitMQ
+	scripts/ensure-rabbitmq.sh
+	$(MAKE) --no-print-directory lint
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+demo: $(STAMP)  ## offline demo: fakes + service + one request that uses a tool
+	scripts/ensure-rabbitmq.sh
+	$(PY) -m scripts.demo
+
+chat: $(STAMP)  ## terminal chat against the running service (see README)
+	$(PY) -m service chat
+
+docs: $(STAMP)  ## write docs/asyncapi.yaml and the hub payload JSON Schema
+	$(PY) -m scripts.gen_docs
+
+docs-serve: $(STAMP)  ## serve the AsyncAPI document on http://localhost:8000
+	$(VENV)/bin/faststream docs serve docs/asyncapi.yaml
+
+bench: $(STAMP)  ## the benchmark (see README "Performance")
+	scripts/ensure-rabbitmq.sh
+	$(PY) -m benchmarks.run
+
+assistant-create: $(STAMP)  ## create the remote assistant (assistants backend) / show the local one
+	$(PY) -m service assistant create
+
+assistant-delete: $(STAMP)  ## delete a remote assistant: make assistant-delete ID=asst_...
+	@test -n "$(ID)" || (echo "usage: make assistant-delete ID=asst_..." >&2; exit 2)
+	$(PY) -m service assistant delete "$(ID)"
+
+thread-create: $(STAMP)  ## create a thread (assistants) or conversation (responses)
+	$(PY) -m service thread create
+
+clean:  ## remove the virtual environment and caches
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
