@@ -18,6 +18,7 @@ from service.logs import configure_logging
 from service.runtime import Runtime
 from service.schemas import CompletedEvent, FailedEvent
 from service.sinks.events import EventPublisher
+from service.sinks.requeue import Requeuer
 from service.topology import Topology
 
 log = logging.getLogger("service")
@@ -72,7 +73,17 @@ def create_app(settings: Settings | None = None) -> FastStream:
             topology.dead_letter_exchange.name, routing_key=topology.failed_queue.routing()
         )
         await broker.declare_exchange(topology.events_exchange)
-        ref.processor = await runtime.start(EventPublisher(completed, failed, broker))
+        ref.processor = await runtime.start(
+            EventPublisher(completed, failed, broker),
+            Requeuer(broker, topology.requests_exchange, settings.routing_key),
+        )
+
+    async def drain_runs() -> None:
+        # Before FastStream stops the consumer: stop deliveries, requeue what has not
+        # started, let runs finish within SHUTDOWN_GRACE, cancel the rest (each still gets
+        # its final payload, final event and ack).
+        if ref.processor is not None:
+            await ref.processor.shutdown(settings.shutdown_grace)
 
     async def stop_clients() -> None:
         await runtime.stop()
@@ -80,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastStream:
     return FastStream(
         broker,
         on_startup=[declare_and_start],
+        on_shutdown=[drain_runs],
         after_shutdown=[stop_clients],
         specification=AsyncAPI(
             title=TITLE, version="1.0.0", description=DESCRIPTION, schema_version="3.0.0"

@@ -14,7 +14,7 @@ from service.assistant.responses import AssistantSpec, ResponsesBackend
 from service.assistant.retry import RetryPolicy
 from service.assistant.runner import Backend, Runner
 from service.config import Settings
-from service.handlers.processor import RequestProcessor, StreamingOptions
+from service.handlers.processor import Republish, RequestProcessor, StreamingOptions
 from service.sinks.events import EventPublisher
 from service.sinks.hub import WebSocketHub
 from service.tools import ToolConfig, ToolRegistry
@@ -54,7 +54,7 @@ class Runtime:
         self._http: httpx2.AsyncClient | None = None
         self._openai: AsyncOpenAI | None = None
 
-    async def start(self, events: EventPublisher) -> RequestProcessor:
+    async def start(self, events: EventPublisher, republish: Republish) -> RequestProcessor:
         s = self.settings
         limits = httpx2.Limits(
             max_connections=None, max_keepalive_connections=s.max_concurrency * 2
@@ -83,6 +83,8 @@ class Runtime:
             runner=Runner(backend, run_timeout=s.run_timeout),
             hub=self.hub,
             events=events,
+            republish=republish,
+            max_deliveries=s.max_deliveries,
             options=StreamingOptions(
                 flush_ms=s.delta_flush_ms,
                 flush_chars=s.delta_flush_chars,

@@ -65,7 +65,7 @@ class ConversationQueue:
 
 
 class Turn:
-    """A place in a conversation's queue; `async with turn:` waits for it and gives it up."""
+    """A place in a conversation's queue: `wait()` for it, `release()` it (idempotent)."""
 
     def __init__(
         self, queue: ConversationQueue, conversation_id: str, future: asyncio.Future[None]
@@ -74,15 +74,13 @@ class Turn:
         self._conversation_id = conversation_id
         self._future = future
 
-    async def __aenter__(self) -> None:
+    async def wait(self) -> None:
+        """Wait until every earlier request on the conversation has released its turn."""
         try:
             await asyncio.shield(self._future)
         except BaseException:
             self.release()
             raise
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.release()
 
     def release(self) -> None:
         self._queue._release(self._conversation_id, self._future)

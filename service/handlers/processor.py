@@ -8,12 +8,14 @@ to the hub → publish the one final event → ack. Invalid requests get a `fail
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +23,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 
 from service.assistant.events import RunResult
+from service.assistant.failures import classify
 from service.assistant.runner import ConversationQueue, Runner
 from service.errors import ServiceError
 from service.schemas import (
@@ -54,6 +57,10 @@ class _Record:
 
     done: asyncio.Event
     final: CompletedEvent | FailedEvent | None = None
+    published: bool = False
+
+
+Republish = Callable[[AbstractIncomingMessage, dict[str, Any]], Awaitable[None]]
 
 
 class RequestProcessor:
@@ -66,6 +73,9 @@ class RequestProcessor:
         hub: Hub,
         events: EventPublisher,
         options: StreamingOptions,
+        republish: Republish | None = None,
+        max_deliveries: int = 3,
+        publish_patience: float = 60.0,
         remember: int = 10_000,
     ) -> None:
         self._runner = runner
@@ -75,6 +85,13 @@ class RequestProcessor:
         self._queue = ConversationQueue()
         self._seen: OrderedDict[str, _Record] = OrderedDict()
         self._remember = remember
+        self._republish = republish
+        self._max_deliveries = max_deliveries
+        self._publish_patience = publish_patience
+        self._closing = False
+        self._waiting: set[asyncio.Task[Any]] = set()
+        self._running: set[asyncio.Task[Any]] = set()
+        self._consumer: tuple[Any, str | None] | None = None
         self.in_flight = 0
 
     # -- invalid input ---------------------------------------------------------------------
@@ -115,33 +132,79 @@ class RequestProcessor:
             ),
             _reply_to(raw),
         )
-        await raw.reject(requeue=False)
+        await _settle(raw.reject(requeue=False))
 
     # -- a valid request -------------------------------------------------------------------
 
     async def process(self, request: ChatRequest, raw: AbstractIncomingMessage) -> None:
+        """Run one valid request; ack it once its final event is published."""
+        self._consumer = (raw.channel, raw.consumer_tag)
         message_id = request.message_id or raw.message_id or _new_id()
-        thread_id = request.conversation_id
-        turn = self._queue.reserve(thread_id)
+        if self._closing:
+            await _settle(raw.nack(requeue=True))
+            return
         record = self._seen.get(message_id)
         if record is not None:
-            turn.release()
             await self._settle_duplicate(record, raw)
             return
+        if raw.redelivered and await self._redelivery_exhausted(request, raw, message_id):
+            return
+        thread_id = request.conversation_id
+        turn = self._queue.reserve(thread_id)
         record = self._remember_id(message_id)
-        self.in_flight += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._waiting.add(task)
         try:
-            async with turn:
-                final = await self._run(request, raw, message_id, thread_id)
-            record.final = final
-            await self._publish_final(final, raw)
-            await raw.ack()
+            try:
+                await turn.wait()
+            except asyncio.CancelledError:
+                if not self._closing:
+                    raise
+                # Shutting down before this request started: back to the queue, untouched.
+                task.uncancel()
+                self._forget(message_id, record)
+                await _settle(raw.nack(requeue=True))
+                return
+            finally:
+                self._waiting.discard(task)
+            self._running.add(task)
+            self.in_flight += 1
+            try:
+                record.final = await self._run(request, message_id, thread_id)
+            finally:
+                self.in_flight -= 1
+                self._running.discard(task)
+                turn.release()
+            await self._publish_final(record, raw)
+            await _settle(raw.ack())
         finally:
-            self.in_flight -= 1
+            turn.release()
             record.done.set()
 
+    async def shutdown(self, grace: float) -> None:
+        """Stop taking requests; let runs finish for `grace` s, then cancel them."""
+        self._closing = True
+        if self._consumer is not None:
+            channel, tag = self._consumer
+            # Stop deliveries now, or requeued messages would bounce straight back to us.
+            with contextlib.suppress(Exception):
+                await channel.basic_cancel(tag)
+        for task in list(self._waiting):
+            task.cancel()
+        if self._running:
+            log.info("shutdown: waiting up to %gs for %d run(s)", grace, len(self._running))
+            _, pending = await asyncio.wait(set(self._running), timeout=grace or None)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning("shutdown: cancelled %d run(s) after the grace period", len(pending))
+                await asyncio.wait(pending, timeout=10)
+        else:
+            await asyncio.sleep(0)
+
     async def _run(
-        self, request: ChatRequest, raw: AbstractIncomingMessage, message_id: str, thread_id: str
+        self, request: ChatRequest, message_id: str, thread_id: str
     ) -> CompletedEvent | FailedEvent:
         started_at = time.time()
         streamer = HubStreamer(
@@ -154,9 +217,18 @@ class RequestProcessor:
         )
         streamer.start()
         log.info("accepted message_id=%s thread_id=%s", message_id, thread_id)
-        outcome = await self._runner.run(
-            thread_id, request.message, streamer, text_started=lambda: streamer.text_started
-        )
+        try:
+            outcome = await self._runner.run(
+                thread_id, request.message, streamer, text_started=lambda: streamer.text_started
+            )
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not self._closing or task is None:
+                raise
+            # Cancelled by shutdown after the grace period: the streamer already sent the
+            # `cancelled` payload; the request still gets its one final event and its ack.
+            task.uncancel()
+            outcome = classify(asyncio.CancelledError())
         delivered = await streamer.delivered(self._options.hub_send_timeout)
         finished_at = time.time()
         if isinstance(outcome, RunResult):
@@ -199,20 +271,91 @@ class RequestProcessor:
             occurred_at=finished_at,
         )
 
-    async def _publish_final(
-        self, final: CompletedEvent | FailedEvent, raw: AbstractIncomingMessage
-    ) -> None:
-        if isinstance(final, CompletedEvent):
-            await self._events.publish_completed(final, _reply_to(raw))
-        else:
-            await self._events.publish_failed(final, _reply_to(raw))
+    async def _publish_final(self, record: _Record, raw: AbstractIncomingMessage) -> None:
+        """Publish the final event once, retrying while the broker connection is down."""
+        final = record.final
+        if final is None or record.published:
+            return
+        reply = _reply_to(raw)
+        delay = 0.2
+        deadline = time.monotonic() + self._publish_patience
+        while True:
+            try:
+                if isinstance(final, CompletedEvent):
+                    await self._events.publish_completed(final, reply)
+                else:
+                    await self._events.publish_failed(final, reply)
+                record.published = True
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if time.monotonic() + delay > deadline:
+                    # Left unacked: the redelivered copy will publish it (see _settle_duplicate).
+                    log.error(
+                        "final event of message_id=%s not published: %r", final.message_id, exc
+                    )
+                    raise
+                log.warning("publishing final event failed (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     async def _settle_duplicate(self, record: _Record, raw: AbstractIncomingMessage) -> None:
         # A redelivered copy of a request this process ran or is running (the broker
-        # connection dropped before its ack): never run it twice.
+        # connection dropped before its ack): never run it twice, publish its final event once.
         await record.done.wait()
+        with contextlib.suppress(Exception):
+            await self._publish_final(record, raw)
         log.info("redelivered copy of message_id=%s settled without a second run", raw.message_id)
-        await raw.ack()
+        await _settle(raw.ack())
+
+    async def _redelivery_exhausted(
+        self, request: ChatRequest, raw: AbstractIncomingMessage, message_id: str
+    ) -> bool:
+        """Count a redelivery the broker reports; past the limit, dead-letter the request.
+
+        Classic queues keep no delivery count, so the count travels in a header: the message
+        is republished with the count raised and the delivered copy acked. A request that
+        crashes the process therefore runs at most MAX_DELIVERIES times.
+        """
+        deliveries = _deliveries(raw) + 1
+        if deliveries > self._max_deliveries:
+            error = ServiceError(
+                ErrorCode.INTERNAL,
+                f"Request was delivered {deliveries - 1} times without completing",
+            )
+            log.error("message_id=%s dead-lettered: %s", message_id, error.message)
+            await self._events.publish_failed(
+                FailedEvent(
+                    message_id=message_id,
+                    channel=request.channel,
+                    thread_id=request.conversation_id,
+                    code=error.code,
+                    message=error.message,
+                    retryable=False,
+                    occurred_at=time.time(),
+                ),
+                _reply_to(raw),
+            )
+            streamer = HubStreamer(
+                self._hub,
+                channel=request.channel,
+                message_id=message_id,
+                thread_id=request.conversation_id,
+            )
+            streamer.start()
+            await streamer.on_failed(error)
+            await _settle(raw.reject(requeue=False))
+            return True
+        if self._republish is None:
+            return False
+        await self._republish(raw, {DELIVERIES_HEADER: deliveries})
+        await _settle(raw.ack())
+        return True
+
+    def _forget(self, message_id: str, record: _Record) -> None:
+        if self._seen.get(message_id) is record:
+            del self._seen[message_id]
 
     def _remember_id(self, message_id: str) -> _Record:
         record = _Record(done=asyncio.Event())
@@ -220,6 +363,19 @@ class RequestProcessor:
         while len(self._seen) > self._remember:
             self._seen.popitem(last=False)
         return record
+
+
+async def _settle(outcome: Awaitable[object]) -> None:
+    """Ack/nack/reject; on a dead channel the broker redelivers, and the copy is recognised."""
+    try:
+        await outcome
+    except Exception as exc:
+        log.warning("could not settle a message (%s); it will be redelivered", type(exc).__name__)
+
+
+def _deliveries(raw: AbstractIncomingMessage) -> int:
+    value = (raw.headers or {}).get(DELIVERIES_HEADER)
+    return value if isinstance(value, int) and value > 0 else 1
 
 
 def _reply_to(raw: AbstractIncomingMessage) -> ReplyTo | None:
