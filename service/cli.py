@@ -63,6 +63,11 @@ def add_assistant_commands(commands: Commands) -> None:
 async def assistant_create(settings: Settings, args: argparse.Namespace) -> int:
     async with httpx2.AsyncClient() as http:
         tools = ToolRegistry.from_config(tool_config(settings), http)
+        print(
+            f"Tools: {', '.join(tools.names) or 'none'} "
+            "(a tool whose API key or URL is not set is left out)",
+            file=sys.stderr,
+        )
         if settings.openai_api != "assistants":
             definition = {
                 "name": settings.assistant_name,

@@ -35,6 +35,7 @@ from service.assistant.events import RunEventHandler, RunResult, ToolCall
 from service.assistant.retry import RetryPolicy
 from service.assistant.stream import within_idle_limit
 from service.assistant.tooling import Toolbox, run_tool_calls
+from service.config import ConfigurationError
 from service.errors import RunTimeout, ServiceError, ThreadNotFound
 from service.schemas import ErrorCode, ToolCallRecord, Usage
 
@@ -67,22 +68,25 @@ MISSING_ASSISTANT_ID = (
 )
 
 
-class AssistantNotConfigured(RuntimeError):
+class AssistantNotConfigured(ConfigurationError):
     """The Assistants backend was selected without an assistant id: a start-up error."""
+
+
+# The SDK's `@deprecated` messages on the Assistants API: most methods say the first, the
+# `beta.assistants` ones just "deprecated".
+_DEPRECATION_MESSAGES = r"(The Assistants API is deprecated|deprecated$)"
 
 
 @contextlib.contextmanager
 def legacy_api() -> Iterator[None]:
-    """Silence the SDK's "Assistants API is deprecated" warning for the call made inside.
+    """Silence the SDK's deprecation warning for the Assistants API call made inside.
 
     Wrap only the synchronous call that creates the request (never an `await`): the warning is
     raised when the method is called, and `catch_warnings` changes process-wide state, so no
     other task may run while it is active.
     """
     with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message="The Assistants API is deprecated", category=DeprecationWarning
-        )
+        warnings.filterwarnings("ignore", _DEPRECATION_MESSAGES, DeprecationWarning)
         yield
 
 
