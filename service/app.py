@@ -7,12 +7,14 @@ Importing this module reads settings but opens no connection.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING, cast
 
 from faststream import FastStream
+from faststream.exceptions import StartupValidationError
 from faststream.rabbit import Channel, RabbitBroker
 from faststream.specification import AsyncAPI
 
-from service.config import Settings, load_settings, redact_url
+from service.config import ConfigurationError, Settings, load_settings, redact_url
 from service.handlers.chat import ProcessorRef, chat_router
 from service.logs import configure_logging
 from service.runtime import Runtime
@@ -20,6 +22,9 @@ from service.schemas import CompletedEvent, FailedEvent
 from service.sinks.events import EventPublisher
 from service.sinks.requeue import Requeuer
 from service.topology import Topology
+
+if TYPE_CHECKING:
+    from faststream.rabbit.utils import RabbitClientProperties
 
 log = logging.getLogger("service")
 
@@ -36,6 +41,10 @@ def create_app(settings: Settings | None = None) -> FastStream:
     broker = RabbitBroker(
         settings.rabbitmq_url.get_secret_value(),
         default_channel=Channel(prefetch_count=settings.max_concurrency),
+        # Named, so operators (and the fault tests) can tell this connection apart.
+        client_properties=cast(
+            "RabbitClientProperties", {"name": f"assistant-service {settings.queue_name}"}
+        ),
         graceful_timeout=settings.shutdown_grace,
         description=DESCRIPTION,
         specification_url=redact_url(settings.rabbitmq_url.get_secret_value()),
@@ -73,10 +82,15 @@ def create_app(settings: Settings | None = None) -> FastStream:
             topology.dead_letter_exchange.name, routing_key=topology.failed_queue.routing()
         )
         await broker.declare_exchange(topology.events_exchange)
-        ref.processor = await runtime.start(
-            EventPublisher(completed, failed, broker),
-            Requeuer(broker, topology.requests_exchange, settings.routing_key),
-        )
+        try:
+            ref.processor = await runtime.start(
+                EventPublisher(completed, failed, broker),
+                Requeuer(broker, topology.requests_exchange, settings.routing_key),
+            )
+        except ConfigurationError as exc:
+            # A clear line instead of a traceback: the message names the command to run.
+            log.error("%s", exc)
+            raise StartupValidationError() from None
 
     async def drain_runs() -> None:
         # Before FastStream stops the consumer: stop deliveries, requeue what has not

@@ -12,6 +12,11 @@ from typing import Any, Literal
 from dynaconf import Dynaconf
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+
+class ConfigurationError(RuntimeError):
+    """The settings cannot work; the message says what to change or run."""
+
+
 DEFAULT_SETTINGS_FILE = Path(__file__).resolve().parent.parent / "settings.toml"
 
 
@@ -62,6 +67,14 @@ class Settings(BaseModel):
 
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
+
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8080, ge=0, le=65535)
+
+    tracing_enabled: bool = False
+    tracing_exporter: Literal["otlp", "console", "none"] = "otlp"
+    tracing_otlp_endpoint: str = ""
+    tracing_service_name: str = "assistant-streaming-service"
 
     @field_validator("assistant_tools", mode="before")
     @classmethod

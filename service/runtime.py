@@ -109,6 +109,7 @@ class Runtime:
                 toolbox=toolbox,
                 retry=retry,
                 idle_timeout=s.stream_idle_timeout,
+                stale_after=s.run_timeout,
             )
         return ResponsesBackend(
             self._openai, spec, toolbox, retry=retry, idle_timeout=s.stream_idle_timeout

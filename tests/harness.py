@@ -160,7 +160,6 @@ class Broker:
     events: list[dict[str, Any]] = field(default_factory=list)
     replies: list[tuple[str | None, dict[str, Any]]] = field(default_factory=list)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
-    _extra_queues: list[str] = field(default_factory=list)
 
     @classmethod
     async def open(cls, names: ServiceNames) -> Broker:
@@ -174,10 +173,15 @@ class Broker:
         exchange = await channel.declare_exchange(
             self.names.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True
         )
-        queue = await channel.declare_queue(f"{self.names.prefix}_events_tap", exclusive=True)
+        # Not exclusive: it must survive this client's own reconnects in the fault tests.
+        queue = await channel.declare_queue(
+            f"{self.names.prefix}_events_tap", arguments={"x-expires": 600_000}
+        )
         await queue.bind(exchange, routing_key="#")
         await queue.consume(self._on_event, no_ack=True)
-        replies = await channel.declare_queue(f"{self.names.prefix}_replies", exclusive=True)
+        replies = await channel.declare_queue(
+            f"{self.names.prefix}_replies", arguments={"x-expires": 600_000}
+        )
         await replies.consume(self._on_reply, no_ack=True)
 
     async def _on_event(self, message: AbstractIncomingMessage) -> None:
@@ -276,7 +280,8 @@ class Broker:
 
     async def cleanup(self) -> None:
         channel = await self.connection.channel()
-        for queue in (self.names.queue, self.names.failed_queue, *self._extra_queues):
+        tap, replies = f"{self.names.prefix}_events_tap", f"{self.names.prefix}_replies"
+        for queue in (self.names.queue, self.names.failed_queue, tap, replies):
             with contextlib.suppress(Exception):
                 await channel.queue_delete(queue)
             if channel.is_closed:
@@ -287,6 +292,36 @@ class Broker:
             if channel.is_closed:
                 channel = await self.connection.channel()
         await self.connection.close()
+
+
+def close_service_connections(names: ServiceNames) -> int:
+    """Close the service's AMQP connection(s) from the broker side, as an outage would."""
+    listing = subprocess.run(
+        ["rabbitmqctl", "-q", "--no-table-headers", "list_connections", "pid", "client_properties"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    closed = 0
+    for line in listing.stdout.splitlines():
+        pid, _, properties = line.partition("\t")
+        if f"assistant-service {names.queue}" in properties:
+            subprocess.run(
+                ["rabbitmqctl", "-q", "close_connection", pid, "fault test"],
+                capture_output=True,
+                check=True,
+                timeout=30,
+            )
+            closed += 1
+    return closed
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 @contextlib.asynccontextmanager

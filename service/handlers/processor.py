@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from service.assistant.events import RunResult
 from service.assistant.failures import classify
-from service.assistant.runner import ConversationQueue, Runner
+from service.assistant.runner import ConversationQueue, Runner, Turn
 from service.errors import ServiceError
 from service.schemas import (
     CHANNEL_PATTERN,
@@ -91,6 +91,7 @@ class RequestProcessor:
         self._closing = False
         self._waiting: set[asyncio.Task[Any]] = set()
         self._running: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._consumer: tuple[Any, str | None] | None = None
         self.in_flight = 0
 
@@ -152,6 +153,21 @@ class RequestProcessor:
         thread_id = request.conversation_id
         turn = self._queue.reserve(thread_id)
         record = self._remember_id(message_id)
+        # The run is its own task: aiormq cancels delivery tasks when the connection drops,
+        # and a request in flight must still end once, with its final event published.
+        task = asyncio.create_task(self._handle(request, raw, message_id, record, turn))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        await asyncio.shield(task)
+
+    async def _handle(
+        self,
+        request: ChatRequest,
+        raw: AbstractIncomingMessage,
+        message_id: str,
+        record: _Record,
+        turn: Turn,
+    ) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._waiting.add(task)
@@ -171,7 +187,7 @@ class RequestProcessor:
             self._running.add(task)
             self.in_flight += 1
             try:
-                record.final = await self._run(request, message_id, thread_id)
+                record.final = await self._run(request, message_id, request.conversation_id)
             finally:
                 self.in_flight -= 1
                 self._running.discard(task)

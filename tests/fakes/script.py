@@ -25,7 +25,13 @@ output the request carries; else the user message text itself. For the Assistant
 the thread. A conversation keeps its cursor while it has turns left: a request carrying tool
 outputs, or one repeating the same user message (a retry), plays the next turn; a request with a
 different user message starts matching afresh (the abandoned turns are reported by
-:meth:`ScriptBook.assert_complete`).
+:meth:`ScriptBook.assert_complete`). Once every turn was played the cursor is gone, so the
+next attempt starts the script over: ``[[HttpError(500)]]`` fails every attempt, retries
+included, and a script serves any number of conversations, each with its own cursor.
+
+Within a turn: ``Text`` chunks and ``ToolCall`` items stream in the order given (consecutive
+``Text`` steps share one message); ``Stall`` pauses; ``Usage`` sets the reported usage; a turn
+with tool calls ends waiting for their outputs, otherwise the response/run completes.
 """
 
 from __future__ import annotations

@@ -1,0 +1,258 @@
+"""Faults injected into the real environment: the broker drops the connection, the hub goes
+away, the service is sent SIGTERM or SIGKILL, the model fails. What the user sees: every
+accepted request ends with exactly one final payload and one final event, none is lost, none
+loops."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Fakes, Stack, start_stack
+from tests.fakes.script import Drop, HttpError, Stall, Text
+from tests.harness import ServiceProcess, close_service_connections
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+def tag() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def finals(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [p for p in payloads if p["final_message"]]
+
+
+def slow_text(words: int, interval: float) -> Text:
+    return Text(*[f"w{i} " for i in range(words)], interval=interval)
+
+
+@pytest.fixture(scope="module")
+async def rstack(fakes: Fakes, log_dir: Path) -> AsyncIterator[Stack]:
+    async with start_stack(fakes, log_dir, "responses") as stack:
+        yield stack
+
+
+async def restart(stack: Stack) -> ServiceProcess:
+    """A new service process with the same names and settings (the old one has exited)."""
+    old = stack.service
+    service = ServiceProcess(old.names, old.env, old.log_path)
+    service.start()
+    stack.service = service
+    await stack.broker.wait_consumer(timeout=30)
+    return service
+
+
+# -- the broker ----------------------------------------------------------------------------
+
+
+async def test_consumer_resumes_after_the_broker_closes_the_connection(rstack: Stack) -> None:
+    assert close_service_connections(rstack.names) >= 1
+    await rstack.broker.wait_consumer(timeout=30)
+    body = rstack.request(f"after outage {tag()}", message_id=f"m-{tag()}")
+    await rstack.broker.publish(body)
+    event = await rstack.broker.wait_event(body["message_id"], timeout=30)
+    assert event["event"] == "completed"
+
+
+async def test_request_in_flight_when_the_connection_drops_ends_exactly_once(
+    rstack: Stack,
+) -> None:
+    t = tag()
+    rstack.fakes.openai.script(t, [[slow_text(30, 0.05)]])
+    body = rstack.request(f"long answer {t}", message_id=f"m-{t}")
+    await rstack.broker.publish(body)
+    await rstack.fakes.on_loop(
+        rstack.fakes.hub.wait_for(lambda: len(rstack.fakes.hub.payloads(body["channel"])) >= 3, 10)
+    )
+    assert close_service_connections(rstack.names) >= 1
+
+    payloads = await rstack.fakes.hub_final(body["channel"], timeout=30)
+    event = await rstack.broker.wait_event(body["message_id"], timeout=30)
+    await asyncio.sleep(2)  # room for a wrong second run or a duplicate event to show up
+    payloads = rstack.fakes.hub.payloads(body["channel"])
+    assert len(finals(payloads)) == 1
+    assert [p["status"] for p in payloads].count("started") == 1
+    assert len(rstack.broker.events_for(body["message_id"])) == 1
+    assert event["event"] == "completed"
+    assert len(rstack.fakes.openai.requests_to("POST", "/v1/responses$")) >= 1
+    runs = [
+        r
+        for r in rstack.fakes.openai.requests_to("POST", "/v1/responses$")
+        if isinstance(r.body, dict) and t in str(r.body.get("input"))
+    ]
+    assert len(runs) == 1
+    ready, consumers = await rstack.broker.queue_state()
+    assert ready == 0 and consumers == 1
+
+
+# -- the hub -------------------------------------------------------------------------------
+
+
+async def test_hub_restart_mid_stream_delivers_everything_in_order(rstack: Stack) -> None:
+    t = tag()
+    hub = rstack.fakes.hub
+    rstack.fakes.openai.script(t, [[slow_text(40, 0.05)]])
+    body = rstack.request(f"hub blip {t}", message_id=f"m-{t}")
+    await rstack.broker.publish(body)
+    await rstack.fakes.on_loop(hub.wait_for(lambda: len(hub.payloads(body["channel"])) >= 3, 10))
+    await rstack.fakes.on_loop(hub.stop(abort=True))
+    await asyncio.sleep(0.7)
+    await rstack.fakes.on_loop(hub.start())
+
+    payloads = await rstack.fakes.hub_final(body["channel"], timeout=30)
+    seqs = [p["seq"] for p in payloads]
+    assert seqs == list(range(len(seqs))), seqs
+    assert (
+        "".join(p.get("delta") or "" for p in payloads if p["type"] == "response")
+        == (payloads[-1]["message"])
+    )
+    event = await rstack.broker.wait_event(body["message_id"])
+    assert event["event"] == "completed" and event["hub_delivered"] is True
+
+
+async def test_hub_down_until_the_end_reports_websocket_unavailable_with_the_text(
+    rstack: Stack,
+) -> None:
+    t = tag()
+    hub = rstack.fakes.hub
+    await rstack.fakes.on_loop(hub.stop(abort=True))
+    try:
+        rstack.fakes.openai.script(t, [[Text("still ", "answered")]])
+        body = rstack.request(f"no hub {t}", message_id=f"m-{t}")
+        await rstack.broker.publish(body)
+        event = await rstack.broker.wait_event(body["message_id"], timeout=30)
+    finally:
+        await rstack.fakes.on_loop(hub.start())
+    assert event["event"] == "completed"
+    assert event["text"] == "still answered"
+    assert event["hub_delivered"] is False
+    assert event["hub_error"] == "websocket_unavailable"
+    # Buffered payloads reach the hub once it is back.
+    payloads = await rstack.fakes.hub_final(body["channel"], timeout=30)
+    assert payloads[-1]["message"] == "still answered"
+
+
+# -- the model -----------------------------------------------------------------------------
+
+
+async def test_dropped_stream_before_text_is_retried(stack: Stack) -> None:
+    t = tag()
+    stack.fakes.openai.script(t, [[Drop()], [Text("second try")]])
+    body = stack.request(f"drop early {t}", message_id=f"m-{t}")
+    await stack.broker.publish(body)
+    event = await stack.broker.wait_event(body["message_id"])
+    assert event["event"] == "completed" and event["text"] == "second try"
+
+
+async def test_dropped_stream_after_text_ends_with_one_error_and_no_duplicate_text(
+    stack: Stack,
+) -> None:
+    t = tag()
+    stack.fakes.openai.script(t, [[Text("half an ", "answer"), Drop()], [Text("again")]])
+    body = stack.request(f"drop late {t}", message_id=f"m-{t}")
+    await stack.broker.publish(body)
+    payloads = await stack.fakes.hub_final(body["channel"])
+    event = await stack.broker.wait_event(body["message_id"])
+    assert event["event"] == "failed"
+    assert event["code"] == "upstream_error" and event["retryable"] is True
+    assert len(finals(payloads)) == 1 and payloads[-1]["type"] == "error"
+    streamed = "".join(p.get("delta") or "" for p in payloads if p["type"] == "response")
+    assert streamed == "half an answer"
+
+
+async def test_server_errors_exhaust_retries_with_upstream_error(stack: Stack) -> None:
+    t = tag()
+    stack.fakes.openai.script(t, [[HttpError(503)]])
+    body = stack.request(f"down {t}", message_id=f"m-{t}")
+    await stack.broker.publish(body)
+    event = await stack.broker.wait_event(body["message_id"])
+    assert event["code"] == "upstream_error" and event["retryable"] is True
+
+
+# -- the process ---------------------------------------------------------------------------
+
+
+async def test_sigterm_finishes_runs_in_grace_and_requeues_what_had_not_started(
+    fakes: Fakes, log_dir: Path
+) -> None:
+    async with start_stack(fakes, log_dir, "responses", SHUTDOWN_GRACE=1) as stack:
+        t = tag()
+        channel = stack.new_thread()
+        fakes.openai.script(f"quick {t}", [[Text("done ", "quickly")]])
+        fakes.openai.script(f"slow {t}", [[slow_text(100, 0.05)]])
+        fakes.openai.script(f"queued {t}", [[Text("queued answer")]])
+        quick = stack.request(f"quick {t}", message_id=f"q-{t}")
+        slow = stack.request(f"slow {t}", channel, message_id=f"s-{t}")
+        queued = stack.request(f"queued {t}", channel, message_id=f"w-{t}")
+        await stack.broker.publish(slow)
+        await stack.broker.publish(queued)
+        await fakes.on_loop(fakes.hub.wait_for(lambda: len(fakes.hub.payloads(channel)) >= 3, 10))
+        stack.service.signal(signal.SIGTERM)
+        code = await asyncio.to_thread(stack.service.wait, 30)
+        assert code == 0, stack.service.log_text()[-3000:]
+
+        payloads = fakes.hub.payloads(channel)
+        assert len(finals(payloads)) == 1
+        assert payloads[-1]["error"] == {"code": "cancelled", "retryable": True}
+        event = await stack.broker.wait_event(slow["message_id"])
+        assert event["code"] == "cancelled" and event["retryable"] is True
+        assert not stack.broker.events_for(queued["message_id"])
+        ready, _ = await stack.broker.queue_state()
+        assert ready == 1  # the request that had not started is back, untouched
+
+        await restart(stack)
+        await stack.broker.publish(quick)
+        assert (await stack.broker.wait_event(queued["message_id"]))["event"] == "completed"
+        assert (await stack.broker.wait_event(quick["message_id"]))["event"] == "completed"
+
+
+async def test_sigkill_mid_stream_then_restart_runs_the_request_to_one_final(
+    fakes: Fakes, log_dir: Path
+) -> None:
+    async with start_stack(fakes, log_dir, "responses") as stack:
+        t = tag()
+        fakes.openai.script(t, [[slow_text(100, 0.05)], [Text("after restart")]])
+        body = stack.request(f"killed {t}", message_id=f"k-{t}")
+        await stack.broker.publish(body)
+        await fakes.on_loop(
+            fakes.hub.wait_for(lambda: len(fakes.hub.payloads(body["channel"])) >= 3, 10)
+        )
+        stack.service.kill()
+        assert not stack.broker.events_for(body["message_id"])
+        await restart(stack)
+        event = await stack.broker.wait_event(body["message_id"], timeout=30)
+        assert event["event"] == "completed" and event["text"] == "after restart"
+        await asyncio.sleep(1)
+        assert len(stack.broker.events_for(body["message_id"])) == 1
+        assert len(finals(fakes.hub.payloads(body["channel"]))) == 1
+
+
+async def test_a_request_that_keeps_crashing_the_service_is_dead_lettered(
+    fakes: Fakes, log_dir: Path
+) -> None:
+    async with start_stack(fakes, log_dir, "responses", MAX_DELIVERIES=2) as stack:
+        t = tag()
+        fakes.openai.script(t, [[Stall(60)]])
+        body = stack.request(f"poison {t}", message_id=f"p-{t}")
+        await stack.broker.publish(body)
+        for attempt in (1, 2):
+            await stack.broker.wait_until(
+                lambda a=attempt: len([r for r in fakes.openai.requests if t in str(r.body)]) >= a,
+                20,
+                f"run attempt {attempt}",
+            )
+            stack.service.kill()
+            await restart(stack)
+        event = await stack.broker.wait_event(body["message_id"], timeout=30)
+        assert event["event"] == "failed" and event["retryable"] is False
+        letters = await stack.broker.dead_letters(wait=0.5)
+        assert any(body["message_id"].encode() in m.body for m in letters)
+        runs = [r for r in fakes.openai.requests if t in str(r.body)]
+        assert len(runs) == 2  # MAX_DELIVERIES runs, then no more
