@@ -80,7 +80,7 @@ class ChatRequest(BaseModel):
     ] = None
     metadata: Annotated[
         dict[MetadataKey, MetadataValue],
-        Field(description="Caller's data, at most 16 keys; kept in logs, not sent to the model."),
+        Field(description="Caller data, at most 16 keys; never sent to the model."),
     ] = Field(default_factory=dict)
 
     @field_validator("metadata")

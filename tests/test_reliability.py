@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -256,3 +257,36 @@ async def test_a_request_that_keeps_crashing_the_service_is_dead_lettered(
         assert any(body["message_id"].encode() in m.body for m in letters)
         runs = [r for r in fakes.openai.requests if t in str(r.body)]
         assert len(runs) == 2  # MAX_DELIVERIES runs, then no more
+
+
+async def test_republishing_a_finished_message_id_runs_it_again(rstack: Stack) -> None:
+    t = tag()
+    rstack.fakes.openai.script(t, [[HttpError(400)], [Text("second time lucky")]])
+    body = rstack.request(f"retry later {t}", message_id=f"m-{t}")
+    await rstack.broker.publish(body)
+    first = await rstack.broker.wait_event(body["message_id"])
+    assert first["event"] == "failed"
+    await rstack.broker.publish(body)
+    await rstack.broker.wait_until(
+        lambda: len(rstack.broker.events_for(body["message_id"])) == 2, 20, "second event"
+    )
+    assert rstack.broker.events_for(body["message_id"])[1]["text"] == "second time lucky"
+
+
+async def test_consumer_resumes_after_a_broker_restart(rstack: Stack) -> None:
+    """The FastStream 0.7 failure mode (issue 2758): after a broker restart, the consumer must
+    come back by itself and a request published afterwards must be processed."""
+    await asyncio.to_thread(_rabbitmqctl, "stop_app")
+    try:
+        await asyncio.sleep(1)
+    finally:
+        await asyncio.to_thread(_rabbitmqctl, "start_app")
+    await rstack.broker.wait_consumer(timeout=60)
+    body = rstack.request(f"after restart {tag()}", message_id=f"m-{tag()}")
+    await rstack.broker.publish(body)
+    event = await rstack.broker.wait_event(body["message_id"], timeout=60)
+    assert event["event"] == "completed"
+
+
+def _rabbitmqctl(command: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", command], check=True, capture_output=True, timeout=120)

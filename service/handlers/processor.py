@@ -26,6 +26,7 @@ from service.assistant.events import RunResult
 from service.assistant.failures import classify
 from service.assistant.runner import ConversationQueue, Runner, Turn
 from service.errors import ServiceError
+from service.observability.milestones import RunObserver
 from service.schemas import (
     CHANNEL_PATTERN,
     ChatRequest,
@@ -74,6 +75,7 @@ class RequestProcessor:
         events: EventPublisher,
         options: StreamingOptions,
         republish: Republish | None = None,
+        observer: RunObserver | None = None,
         max_deliveries: int = 3,
         publish_patience: float = 60.0,
         remember: int = 10_000,
@@ -86,6 +88,7 @@ class RequestProcessor:
         self._seen: OrderedDict[str, _Record] = OrderedDict()
         self._remember = remember
         self._republish = republish
+        self._observer = observer
         self._max_deliveries = max_deliveries
         self._publish_patience = publish_patience
         self._closing = False
@@ -145,7 +148,9 @@ class RequestProcessor:
             await _settle(raw.nack(requeue=True))
             return
         record = self._seen.get(message_id)
-        if record is not None:
+        # A copy of a request still running, or a redelivery of one that ran here, is not run
+        # again. A fresh publish of a finished message_id is a deliberate retry: run it.
+        if record is not None and (raw.redelivered or not record.done.is_set()):
             await self._settle_duplicate(record, raw)
             return
         if raw.redelivered and await self._redelivery_exhausted(request, raw, message_id):
@@ -233,9 +238,14 @@ class RequestProcessor:
         )
         streamer.start()
         log.info("accepted message_id=%s thread_id=%s", message_id, thread_id)
+        handler = (
+            self._observer.observe(streamer, message_id=message_id, thread_id=thread_id)
+            if self._observer is not None
+            else streamer
+        )
         try:
             outcome = await self._runner.run(
-                thread_id, request.message, streamer, text_started=lambda: streamer.text_started
+                thread_id, request.message, handler, text_started=lambda: streamer.text_started
             )
         except asyncio.CancelledError:
             task = asyncio.current_task()
