@@ -39,14 +39,14 @@ demo: $(STAMP)  ## offline demo: fakes + service + one request that uses a tool
 	scripts/ensure-rabbitmq.sh
 	$(PY) -m scripts.demo
 
-chat: $(STAMP)  ## terminal chat against the running service (see README)
-	$(PY) -m service chat
+chat: $(STAMP)  ## terminal chat with the running service; THREAD=conv_... to reuse one (see README)
+	$(PY) -m service chat $(if $(THREAD),--thread $(THREAD))
 
 docs: $(STAMP)  ## write docs/asyncapi.yaml and the hub payload JSON Schema
 	$(PY) -m scripts.gen_docs
 
-docs-serve: $(STAMP)  ## serve the AsyncAPI document on http://localhost:8000
-	$(VENV)/bin/faststream docs serve docs/asyncapi.yaml
+docs-serve: $(STAMP)  ## serve docs/asyncapi.yaml on http://localhost:8000 (DOCS_PORT=...)
+	$(VENV)/bin/faststream docs serve docs/asyncapi.yaml --port $(or $(DOCS_PORT),8000)
 
 bench: $(STAMP)  ## the benchmark (see README "Performance")
 	scripts/ensure-rabbitmq.sh

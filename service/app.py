@@ -1,25 +1,31 @@
 """The FastStream application: broker, topology, subscriber, publishers and clients, wired once.
 
-`faststream run service.app:app` runs it; `faststream docs gen service.app:app` documents it.
+`faststream run service.app:app` runs it, with its HTTP endpoints (/healthz, /readyz, /metrics,
+/docs/asyncapi) on HTTP_HOST:HTTP_PORT; `faststream docs gen service.app:app` documents it.
 Importing this module reads settings but opens no connection.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from typing import TYPE_CHECKING, cast
 
-from faststream import FastStream
 from faststream.exceptions import StartupValidationError
 from faststream.rabbit import Channel, RabbitBroker
 from faststream.specification import AsyncAPI
 
-from service.config import ConfigurationError, Settings, load_settings, redact_url
+from service.config import ConfigurationError, Settings, load_settings
 from service.handlers.chat import ProcessorRef, chat_router
 from service.logs import configure_logging
+from service.observability import Observability
+from service.observability.asyncapi import asyncapi_document
+from service.observability.health import Readiness
+from service.observability.http import http_routes
+from service.observability.milestones import ObservedEventPublisher
+from service.observability.server import HttpFastStream
 from service.runtime import Runtime
 from service.schemas import CompletedEvent, FailedEvent
-from service.sinks.events import EventPublisher
 from service.sinks.requeue import Requeuer
 from service.topology import Topology
 
@@ -32,11 +38,15 @@ TITLE = "Assistant streaming service"
 DESCRIPTION = """Takes chat requests from RabbitMQ, runs them through an OpenAI assistant with
 tools, streams the answer token by token to a WebSocket hub channel, and publishes one
 `completed` or `failed` event per request back onto RabbitMQ."""
+SERVER_DESCRIPTION = "The RabbitMQ broker of RABBITMQ_URL (credentials not shown)."
 
 
-def create_app(settings: Settings | None = None) -> FastStream:
+def create_app(
+    settings: Settings | None = None, observability: Observability | None = None
+) -> HttpFastStream:
     """Build the application from settings (read from settings.toml/.env/environment if None)."""
     settings = settings or load_settings()
+    observability = observability or Observability(settings)
     topology = Topology.from_settings(settings)
     broker = RabbitBroker(
         settings.rabbitmq_url.get_secret_value(),
@@ -46,8 +56,12 @@ def create_app(settings: Settings | None = None) -> FastStream:
             "RabbitClientProperties", {"name": f"assistant-service {settings.queue_name}"}
         ),
         graceful_timeout=settings.shutdown_grace,
-        description=DESCRIPTION,
-        specification_url=redact_url(settings.rabbitmq_url.get_secret_value()),
+        middlewares=observability.broker_middlewares(),
+        # A plain logger that propagates: FastStream's "Received"/"Processed" lines (with
+        # exchange, queue and message_id as fields) go through the service's log handler.
+        logger=logging.getLogger("faststream.access.rabbit"),
+        description=SERVER_DESCRIPTION,
+        specification_url=_without_credentials(settings.rabbitmq_url.get_secret_value()),
     )
     ref = ProcessorRef()
     broker.include_router(chat_router(topology, ref))
@@ -69,7 +83,9 @@ def create_app(settings: Settings | None = None) -> FastStream:
         title="chat-failed",
         description=FailedEvent.__doc__,
     )
-    runtime = Runtime(settings)
+    runtime = Runtime(settings, observer=observability.telemetry)
+    observability.metrics.watch_runtime(runtime)
+    readiness = Readiness(broker, runtime)
 
     async def declare_and_start() -> None:
         configure_logging(settings)
@@ -84,7 +100,9 @@ def create_app(settings: Settings | None = None) -> FastStream:
         await broker.declare_exchange(topology.events_exchange)
         try:
             ref.processor = await runtime.start(
-                EventPublisher(completed, failed, broker),
+                ObservedEventPublisher(
+                    completed, failed, broker, telemetry=observability.telemetry
+                ),
                 Requeuer(broker, topology.requests_exchange, settings.routing_key),
             )
         except ConfigurationError as exc:
@@ -101,16 +119,33 @@ def create_app(settings: Settings | None = None) -> FastStream:
 
     async def stop_clients() -> None:
         await runtime.stop()
+        observability.shutdown()
 
-    return FastStream(
+    app = HttpFastStream(
         broker,
+        http_host=settings.http_host,
+        http_port=settings.http_port,
         on_startup=[declare_and_start],
-        on_shutdown=[drain_runs],
+        after_startup=[readiness.started],
+        on_shutdown=[readiness.stopping, drain_runs],
         after_shutdown=[stop_clients],
         specification=AsyncAPI(
             title=TITLE, version="1.0.0", description=DESCRIPTION, schema_version="3.0.0"
         ),
     )
+    routes = http_routes(
+        readiness=readiness,
+        metrics=observability.metrics,
+        asyncapi=lambda: asyncapi_document(app),
+    )
+    for path, route in routes:
+        app.mount(path, route)
+    return app
+
+
+def _without_credentials(url: str) -> str:
+    """`amqp://user:secret@host:5672/` → `amqp://host:5672/`, for the AsyncAPI server entry."""
+    return re.sub(r"(?<=://)[^@/\s]*@", "", url)
 
 
 app = create_app()

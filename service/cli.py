@@ -4,6 +4,7 @@
                                             local definition (responses backend)
     python -m service assistant delete ID   delete a remote assistant
     python -m service thread create         a thread (assistants) or a conversation (responses)
+    python -m service chat [--thread ID]    a terminal chat with the running service
 
 Each command group is one `add_*_commands(commands)` function listed in `COMMAND_GROUPS`: a new
 command is one more function there. A command is `async (settings, args) -> exit status`.
@@ -129,9 +130,34 @@ async def thread_create(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+# --- chat -----------------------------------------------------------------------------------
+
+
+def add_chat_commands(commands: Commands) -> None:
+    chat = commands.add_parser(
+        "chat", help="a terminal chat with the running service (through RabbitMQ and the hub)"
+    )
+    chat.add_argument("--thread", metavar="ID", help="reuse this thread/conversation")
+    chat.add_argument("--channel", metavar="NAME", help="hub channel (default: the thread id)")
+    chat.add_argument("--timeout", type=float, metavar="SECONDS", help="longest wait per answer")
+    chat.set_defaults(command=chat_command)
+
+
+async def chat_command(settings: Settings, args: argparse.Namespace) -> int:
+    from service.chat import run_chat  # see service/chat.py
+
+    return await run_chat(
+        settings, thread_id=args.thread, channel=args.channel, timeout=args.timeout
+    )
+
+
 # --- the parser -----------------------------------------------------------------------------
 
-COMMAND_GROUPS: list[Callable[[Commands], None]] = [add_assistant_commands, add_thread_commands]
+COMMAND_GROUPS: list[Callable[[Commands], None]] = [
+    add_assistant_commands,
+    add_thread_commands,
+    add_chat_commands,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,6 +5,7 @@ Nothing here touches the network until `start()`: importing the app stays side-e
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 import httpx2
@@ -15,6 +16,7 @@ from service.assistant.retry import RetryPolicy
 from service.assistant.runner import Backend, Runner
 from service.config import Settings
 from service.handlers.processor import Republish, RequestProcessor, StreamingOptions
+from service.observability.milestones import RunObserver
 from service.sinks.events import EventPublisher
 from service.sinks.hub import WebSocketHub
 from service.tools import ToolConfig, ToolRegistry
@@ -44,11 +46,43 @@ def openai_client(settings: Settings, http: httpx2.AsyncClient | None = None) ->
     )
 
 
+# httpcore's pool scans every one of its connections whenever a request starts or a response
+# is closed: with one pool, N concurrent streams cost O(N) per request, and at a few hundred
+# streams that scan costs more than the streams. Pools of at most this many keep it flat.
+STREAMS_PER_POOL = 64
+
+
+def model_transport(max_concurrency: int) -> httpx2.AsyncBaseTransport:
+    """The transport of the model API client: one connection pool, or several for many streams."""
+    limits = httpx2.Limits(max_connections=None, max_keepalive_connections=max_concurrency * 2)
+    pools = -(-max_concurrency // STREAMS_PER_POOL)
+    if pools == 1:
+        return httpx2.AsyncHTTPTransport(limits=limits)
+    share = httpx2.Limits(max_connections=None, max_keepalive_connections=2 * STREAMS_PER_POOL)
+    return PooledTransport([httpx2.AsyncHTTPTransport(limits=share) for _ in range(pools)])
+
+
+class PooledTransport(httpx2.AsyncBaseTransport):
+    """Spreads requests round-robin over several transports (each with its own pool)."""
+
+    def __init__(self, transports: list[httpx2.AsyncHTTPTransport]) -> None:
+        self._transports = transports
+        self._next = itertools.cycle(transports)
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        return await next(self._next).handle_async_request(request)
+
+    async def aclose(self) -> None:
+        for transport in self._transports:
+            await transport.aclose()
+
+
 class Runtime:
     """Owns the HTTP client, the OpenAI client, the hub connection and the request processor."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, observer: RunObserver | None = None) -> None:
         self.settings = settings
+        self.observer = observer
         self.processor: RequestProcessor | None = None
         self.hub: WebSocketHub | None = None
         self._http: httpx2.AsyncClient | None = None
@@ -65,7 +99,7 @@ class Runtime:
         self._openai = openai_client(
             s,
             httpx2.AsyncClient(
-                limits=limits,
+                transport=model_transport(s.max_concurrency),
                 timeout=httpx2.Timeout(s.run_timeout, connect=10.0, read=s.stream_idle_timeout),
             ),
         )
@@ -84,6 +118,7 @@ class Runtime:
             hub=self.hub,
             events=events,
             republish=republish,
+            observer=self.observer,
             max_deliveries=s.max_deliveries,
             options=StreamingOptions(
                 flush_ms=s.delta_flush_ms,

@@ -142,7 +142,12 @@ def start_stack(fakes: Fakes, log_dir: Path, backend: str = "responses", **env: 
         try:
             environment = service_env(names, fakes.urls(), **backend_env(backend), **env)
             async with running_service(names, environment, log_dir, broker) as service:
-                yield Stack(backend, names, broker, service, fakes)
+                stack = Stack(backend, names, broker, service, fakes)
+                try:
+                    yield stack
+                finally:
+                    # A test may have replaced the process (restart after a kill).
+                    stack.service.stop()
         finally:
             await broker.cleanup()
 

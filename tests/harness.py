@@ -143,6 +143,8 @@ def service_env(names: ServiceNames, urls: Mapping[str, str], **overrides: Any) 
             "DELTA_FLUSH_MS": "20",
             "LOG_LEVEL": "INFO",
             "PYTHONUNBUFFERED": "1",
+            # Several services run at once: each HTTP server takes a free port (see the log).
+            "HTTP_PORT": "0",
         }
     )
     env.update(urls)
@@ -272,10 +274,11 @@ class Broker:
     async def wait_consumer(self, timeout: float = 30, count: int = 1) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            with contextlib.suppress(aio_pika.exceptions.ChannelClosed):
+            # Not declared yet, or this client's own connection is reconnecting: ask again.
+            with contextlib.suppress(aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError):
                 if (await self.queue_state())[1] >= count:
                     return
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.2)
         raise TimeoutError(f"no consumer on {self.names.queue} after {timeout} s")
 
     async def cleanup(self) -> None:

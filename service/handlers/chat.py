@@ -56,8 +56,10 @@ def chat_router(topology: Topology, ref: ProcessorRef) -> RabbitRouter:
         description="Chat requests from upstream services. Each one streams its answer to the "
         "WebSocket hub on its `channel` and ends with one `completed` or `failed` event.",
     )
-    async def handle_chat_request(request: ChatRequest, message: RabbitMessage) -> None:
-        await ref.get().process(request, message.raw_message)
+    # Not `message: RabbitMessage`: FastStream leaves the names of context parameters out of
+    # the documented payload, and `message` is also the request's main field.
+    async def handle_chat_request(request: ChatRequest, amqp_message: RabbitMessage) -> None:
+        await ref.get().process(request, amqp_message.raw_message)
 
     return router
 

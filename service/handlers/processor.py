@@ -237,7 +237,7 @@ class RequestProcessor:
             flush_chars=self._options.flush_chars,
         )
         streamer.start()
-        log.info("accepted message_id=%s thread_id=%s", message_id, thread_id)
+        # Milestone logs (accepted, first token, tools, final) come from the observer.
         handler = (
             self._observer.observe(streamer, message_id=message_id, thread_id=thread_id)
             if self._observer is not None
@@ -258,14 +258,6 @@ class RequestProcessor:
         delivered = await streamer.delivered(self._options.hub_send_timeout)
         finished_at = time.time()
         if isinstance(outcome, RunResult):
-            log.info(
-                "completed message_id=%s thread_id=%s duration_ms=%d tools=%d hub_delivered=%s",
-                message_id,
-                thread_id,
-                (finished_at - started_at) * 1000,
-                len(outcome.tool_calls),
-                delivered,
-            )
             return CompletedEvent(
                 message_id=message_id,
                 channel=request.channel,
@@ -280,13 +272,6 @@ class RequestProcessor:
                 hub_delivered=delivered,
                 hub_error=None if delivered else ErrorCode.WEBSOCKET_UNAVAILABLE,
             )
-        log.info(
-            "failed message_id=%s thread_id=%s code=%s retryable=%s",
-            message_id,
-            thread_id,
-            outcome.code.value,
-            outcome.retryable,
-        )
         return FailedEvent(
             message_id=message_id,
             channel=request.channel,

@@ -125,8 +125,8 @@ class RuntimeCollector(Collector):
         processor, hub = self._runtime.processor, self._runtime.hub
         yield GaugeMetricFamily(
             "assistant_requests_in_flight",
-            "Requests delivered and not yet settled (running or waiting for their "
-            "conversation's turn); at most MAX_CONCURRENCY.",
+            "Runs in progress (a request waiting for its conversation's turn is not "
+            "counted yet); at most MAX_CONCURRENCY.",
             value=processor.in_flight if processor is not None else 0,
         )
         yield GaugeMetricFamily(

@@ -1,0 +1,134 @@
+"""The AsyncAPI document as integrators read it, served at `/docs/asyncapi` and by `make docs`.
+
+FastStream (AsyncAPI 3.0) builds channels, operations and payload schemas from the subscriber,
+the publishers and the models, but its message objects carry neither examples nor a readable
+title. This adds, for each message, a name, a title, a summary and a description from the
+payload model's docstring, and message `examples` from the model's JSON Schema examples
+(`json_schema_extra`); docstring line breaks are unwrapped into paragraphs.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import re
+from io import StringIO
+from typing import Any, Protocol
+
+import yaml
+from faststream.specification.base import SpecificationFactory
+
+JSON = dict[str, Any]
+
+
+class Documented(Protocol):
+    """A FastStream application (anything with an AsyncAPI schema factory)."""
+
+    @property
+    def schema(self) -> SpecificationFactory: ...
+
+
+def asyncapi_document(app: Documented) -> JSON:
+    """The app's AsyncAPI document, as a JSON-able dict, with the additions above."""
+    return enrich(app.schema.to_specification().to_jsonable())
+
+
+def enrich(document: JSON) -> JSON:
+    """A copy of a FastStream AsyncAPI 3.0 document with message titles and examples."""
+    document = copy.deepcopy(document)
+    _unwrap_descriptions(document)
+    _order(document)
+    components = document.get("components", {})
+    schemas: JSON = components.get("schemas", {})
+    for channel_key, channel in document.get("channels", {}).items():
+        if "title" not in channel:
+            document["channels"][channel_key] = {"title": _sentence(channel_key), **channel}
+    messages: JSON = components.get("messages", {})
+    for key, message in messages.items():
+        payload: JSON = message.get("payload", {})
+        ref = payload.get("$ref", "")
+        name = ref.rsplit("/", 1)[-1] if ref else str(payload.get("title", key))
+        schema: JSON = schemas.get(name, payload)
+        messages[key] = _message(name, schema, message)
+    return document
+
+
+def to_yaml(document: JSON) -> str:
+    """YAML the way `faststream docs gen --yaml` writes it, but with Unicode left readable."""
+    out = StringIO(newline="\n")
+    yaml.safe_dump(document, out, sort_keys=False, allow_unicode=True, width=100)
+    return out.getvalue()
+
+
+def _order(document: JSON) -> None:
+    # FastStream lists publishers in set order (it varies with PYTHONHASHSEED): received
+    # channels first, then by name, so that the document is the same on every run.
+    actions = {
+        key: operation.get("action", "")
+        for key, operation in document.get("operations", {}).items()
+    }
+
+    def ordered(section: JSON) -> JSON:
+        keys = sorted(section, key=lambda k: (actions.get(k.split(":")[0]) != "receive", k))
+        return {key: section[key] for key in keys}
+
+    for name in ("channels", "operations"):
+        if name in document:
+            document[name] = ordered(document[name])
+    components = document.get("components", {})
+    for name in ("messages", "schemas"):
+        if name in components:
+            components[name] = ordered(components[name])
+
+
+def _message(name: str, schema: JSON, original: JSON) -> JSON:
+    description = schema.get("description")
+    title = _sentence(name)
+    message: JSON = {"name": name, "title": title}
+    if description:
+        message["summary"] = _first_sentence(description)
+        if message["summary"] != description:
+            message["description"] = description
+    message["contentType"] = "application/json"
+    message |= {k: v for k, v in original.items() if k not in message and k != "title"}
+    examples = schema.get("examples") or []
+    if examples:
+        message["examples"] = [
+            {
+                "name": f"{name}{i + 1 if len(examples) > 1 else ''}",
+                "summary": f"{title} (illustrative values)",
+                "payload": copy.deepcopy(example),
+            }
+            for i, example in enumerate(examples)
+        ]
+    return message
+
+
+def _first_sentence(text: str) -> str:
+    paragraph = text.split("\n\n", 1)[0]
+    match = re.match(r"(.+?[.!?])(\s|$)", paragraph, re.S)
+    return match.group(1) if match else paragraph
+
+
+def _sentence(identifier: str) -> str:
+    """`ChatRequest` / `chat-requests` → `Chat request` / `Chat requests`."""
+    words = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", identifier).replace("-", " ").replace("_", " ")
+    words = words.lower().strip()
+    return words[:1].upper() + words[1:]
+
+
+def _unwrap_descriptions(node: Any) -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "description" and isinstance(value, str):
+                node[key] = _unwrap(value)
+            else:
+                _unwrap_descriptions(value)
+    elif isinstance(node, list):
+        for item in node:
+            _unwrap_descriptions(item)
+
+
+def _unwrap(text: str) -> str:
+    paragraphs = re.split(r"\n\s*\n", inspect.cleandoc(text))
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
