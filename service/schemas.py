@@ -152,17 +152,17 @@ class HubFrame(BaseModel):
 class ToolCallRecord(BaseModel):
     """One tool call made during a run."""
 
-    name: str
-    call_id: str
-    ok: bool
-    duration_ms: int
+    name: str = Field(description="The tool's function name")
+    call_id: str = Field(description="The model's id for this call")
+    ok: bool = Field(description="False when the tool returned an error to the model")
+    duration_ms: int = Field(description="How long the call took")
 
 
 class Usage(BaseModel):
     """Tokens the model used for the whole request."""
 
-    input_tokens: int
-    output_tokens: int
+    input_tokens: int = Field(description="Prompt tokens, summed over the request's model turns")
+    output_tokens: int = Field(description="Generated tokens, summed over the model turns")
 
 
 class CompletedEvent(BaseModel):
@@ -192,17 +192,17 @@ class CompletedEvent(BaseModel):
         }
     )
 
-    event: Literal["completed"] = "completed"
-    message_id: str
-    channel: str
-    thread_id: str
+    event: Literal["completed"] = Field("completed", description="Always `completed`")
+    message_id: str = Field(description="The request's message id")
+    channel: str = Field(description="The request's hub channel")
+    thread_id: str = Field(description="The thread/conversation the request ran on")
     run_id: str | None = Field(description="The response (Responses) or run (Assistants) id")
     text: str = Field(description="The whole answer")
-    tool_calls: list[ToolCallRecord]
-    usage: Usage | None
+    tool_calls: list[ToolCallRecord] = Field(description="Every tool call, in order")
+    usage: Usage | None = Field(description="Token usage, when the API reported it")
     started_at: float = Field(description="UNIX seconds")
     finished_at: float = Field(description="UNIX seconds")
-    duration_ms: int
+    duration_ms: int = Field(description="finished_at - started_at, in milliseconds")
     hub_delivered: bool = Field(
         True,
         description="False when the hub could not be reached before the request ended "
@@ -234,11 +234,11 @@ class FailedEvent(BaseModel):
         }
     )
 
-    event: Literal["failed"] = "failed"
-    message_id: str
-    channel: str | None
-    thread_id: str | None
-    code: ErrorCode
+    event: Literal["failed"] = Field("failed", description="Always `failed`")
+    message_id: str = Field(description="The request's message id (or the AMQP one, or generated)")
+    channel: str | None = Field(description="The request's hub channel, when it could be read")
+    thread_id: str | None = Field(description="The thread/conversation, when it could be read")
+    code: ErrorCode = Field(description="The error code (contract §6)")
     message: str = Field(description="Short safe text")
     retryable: bool = Field(description="True when publishing the same request again may work")
     occurred_at: float = Field(description="UNIX seconds")
