@@ -42,6 +42,7 @@ from tests.fakes.script import (
     HttpError,
     Stall,
     StreamError,
+    StreamErrorKind,
     Text,
     ToolCall,
     Usage,
@@ -316,6 +317,29 @@ async def test_stream_error_emits_response_failed_or_an_error_event(
     assert (bare[-1].code, bare[-1].message) == ("rate_limit_exceeded", "nope")
 
 
+@pytest.mark.parametrize("kind", ["incomplete", "expired"])
+async def test_stream_error_incomplete_or_expired_emits_response_incomplete(
+    fake: FakeOpenAI, client: openai.AsyncOpenAI, kind: StreamErrorKind
+) -> None:
+    """The Responses API has no expiry: ``kind="expired"`` plays as ``"incomplete"``."""
+    fake.script("cut", [[Text("par", "tial"), StreamError(kind=kind)]])
+    events = await collect(await client.responses.create(model="m", input="cut", stream=True))
+    assert [type(e).__name__ for e in events][-4:] == [
+        "ResponseTextDoneEvent",
+        "ResponseContentPartDoneEvent",
+        "ResponseOutputItemDoneEvent",
+        "ResponseIncompleteEvent",
+    ]
+    assert events[-2].item.status == "incomplete"
+    response = events[-1].response
+    assert response.status == "incomplete"
+    assert response.incomplete_details.reason == "max_output_tokens"
+    assert response.error is None
+    assert response.output_text == "partial"
+    assert response.usage is not None and response.usage.output_tokens > 0
+    fake.assert_complete()
+
+
 async def test_function_turn_sees_the_request_body(
     fake: FakeOpenAI, client: openai.AsyncOpenAI
 ) -> None:
@@ -350,6 +374,8 @@ def test_misplaced_steps_are_rejected_when_scripted() -> None:
         split_turn([Drop(), Text("a")])
     turn = split_turn([Stall(0.1, before_response=True), HttpError(429)])
     assert turn.early == HttpError(429) and turn.stream == ()
+    with pytest.raises(ValueError, match="kind"):
+        StreamError(kind="timeout")  # type: ignore[arg-type]
 
 
 async def test_api_key_is_enforced_when_configured(fake: FakeOpenAI) -> None:
@@ -387,6 +413,29 @@ async def test_every_event_validates_strictly_against_the_sdk_models(fake: FakeO
         for name, data in events:
             assert runs.validate_python({"event": name, "data": json.loads(data)}).event == name
         assert events[-1][0] == "thread.run.completed"
+
+
+@pytest.mark.parametrize("kind", ["failed", "incomplete", "expired"])
+async def test_run_endings_validate_strictly_against_the_sdk_models(
+    fake: FakeOpenAI, kind: StreamErrorKind
+) -> None:
+    fake.script("end", [[Text("x"), StreamError(kind=kind)]])
+    responses = pydantic.TypeAdapter(ResponseStreamEvent)
+    runs = pydantic.TypeAdapter(AssistantStreamEvent)
+    async with httpx2.AsyncClient(base_url=fake.base_url) as http:
+        raw = await http.post("/responses", json={"model": "m", "input": "end", "stream": True})
+        events = parse_sse(raw.text)
+        for name, data in events:
+            assert responses.validate_python(json.loads(data)).type == name
+        assert events[-1][0] == ("response.failed" if kind == "failed" else "response.incomplete")
+        thread = f"thread_strict_{kind}"
+        await http.post(f"/threads/{thread}/messages", json={"role": "user", "content": "end"})
+        raw = await http.post(f"/threads/{thread}/runs", json={"assistant_id": "a", "stream": True})
+        events = parse_sse(raw.text)
+        assert events[-1] == ("done", "[DONE]")
+        for name, data in events[:-1]:
+            assert runs.validate_python({"event": name, "data": json.loads(data)}).event == name
+        assert events[-2][0] == f"thread.run.{kind}"
 
 
 def parse_sse(text: str) -> list[tuple[str, str]]:
@@ -547,6 +596,56 @@ async def test_assistants_stall_times_out_with_bare_httpx2_error(
         ) as stream:
             await stream.until_done()
     assert handler.timed_out
+
+
+@assistants_api
+async def test_assistants_incomplete_run_keeps_its_partial_message(
+    fake: FakeOpenAI, client: openai.AsyncOpenAI
+) -> None:
+    fake.script("cut", [[Text("par", "tial"), StreamError(kind="incomplete")]])
+    await client.beta.threads.messages.create("thread_i", role="user", content="cut")
+    handler = RecordingHandler()
+    async with client.beta.threads.runs.stream(
+        thread_id="thread_i", assistant_id="a", event_handler=handler
+    ) as stream:
+        events = [event.event async for event in stream]
+    assert events[-3:] == [
+        "thread.message.incomplete",
+        "thread.run.step.completed",
+        "thread.run.incomplete",
+    ]
+    run = handler.current_run
+    assert run is not None and run.status == "incomplete"
+    assert run.incomplete_details is not None
+    assert run.incomplete_details.reason == "max_completion_tokens"
+    assert run.last_error is None and run.usage is not None
+    assert handler.text == "partial"
+    [message] = (await client.beta.threads.messages.list("thread_i", limit=1)).data
+    assert (message.status, message.content[0].text.value) == ("incomplete", "partial")
+    assert [r["status"] for r in fake.thread_runs("thread_i")] == ["incomplete"]
+    await client.beta.threads.messages.create("thread_i", role="user", content="again")
+    fake.assert_complete()
+
+
+@assistants_api
+async def test_assistants_expired_run_ends_with_thread_run_expired(
+    fake: FakeOpenAI, client: openai.AsyncOpenAI
+) -> None:
+    fake.script("late", [[Text("a"), StreamError(kind="expired")]])
+    await client.beta.threads.messages.create("thread_e", role="user", content="late")
+    handler = RecordingHandler()
+    async with client.beta.threads.runs.stream(
+        thread_id="thread_e", assistant_id="a", event_handler=handler
+    ) as stream:
+        events = [event.event async for event in stream]
+    assert events[-1] == "thread.run.expired"
+    run = handler.current_run
+    assert run is not None and run.status == "expired"
+    assert (run.last_error, run.incomplete_details) == (None, None)
+    assert handler.text == "a"
+    assert [r["status"] for r in fake.thread_runs("thread_e")] == ["expired"]
+    await client.beta.threads.messages.create("thread_e", role="user", content="again")
+    fake.assert_complete()
 
 
 # ----- the demo script and the background loop -----

@@ -40,7 +40,7 @@ import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 __all__ = [
     "Drop",
@@ -50,6 +50,7 @@ __all__ = [
     "Stall",
     "Step",
     "StreamError",
+    "StreamErrorKind",
     "Text",
     "ToolCall",
     "ToolOutput",
@@ -126,17 +127,33 @@ class Stall:
     before_response: bool = False
 
 
+StreamErrorKind = Literal["failed", "error", "incomplete", "expired"]
+
+
 @dataclass(frozen=True)
 class StreamError:
-    """The model fails mid-stream; ends the turn.
+    """The model's response/run ends mid-stream without completing; ends the turn.
 
-    ``kind="failed"``: ``response.failed`` (Responses) / ``thread.run.failed`` (Assistants) with
-    ``error``/``last_error`` = ``{code, message}``. ``kind="error"``: a bare ``error`` event.
+    * ``kind="failed"``: ``response.failed`` (Responses) / ``thread.run.failed`` (Assistants)
+      with ``error``/``last_error`` = ``{code, message}``.
+    * ``kind="error"``: a bare ``error`` event with ``code`` and ``message``.
+    * ``kind="incomplete"``: ``response.incomplete`` / ``thread.run.incomplete``, as when the
+      model hits its output token limit: the text so far is kept, its message ending
+      ``incomplete``; ``incomplete_details.reason`` is ``max_output_tokens`` (Responses) /
+      ``max_completion_tokens`` (Assistants); usage is reported.
+    * ``kind="expired"``: ``thread.run.expired`` (Assistants), as when a run outlives its
+      ``expires_at``. The Responses API has no expiry: there it plays as ``"incomplete"``.
+
+    ``message`` and ``code`` are used by ``"failed"`` and ``"error"`` only.
     """
 
     message: str = "The server had an error while processing your request. Sorry about that!"
     code: str = "server_error"
-    kind: Literal["failed", "error"] = "failed"
+    kind: StreamErrorKind = "failed"
+
+    def __post_init__(self) -> None:
+        if self.kind not in get_args(StreamErrorKind):  # a typo would otherwise mean "failed"
+            raise ValueError(f"StreamError kind is one of {get_args(StreamErrorKind)}: {self!r}")
 
 
 @dataclass(frozen=True)
