@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import openai
-from openai import AsyncOpenAI
+from openai import AsyncOpenAI, BaseModel
 from openai.types.responses import (
     ResponseCompletedEvent,
     ResponseCreatedEvent,
@@ -22,18 +22,29 @@ from openai.types.responses import (
     ResponseIncompleteEvent,
     ResponseInputParam,
     ResponseOutputItemDoneEvent,
-    ResponseTextDeltaEvent,
     ToolParam,
 )
 
 from service.assistant.events import RunEventHandler, RunResult, ToolCall
 from service.assistant.retry import RetryPolicy
-from service.assistant.stream import within_idle_limit
+from service.assistant.stream import sse_json, within_idle_limit
 from service.assistant.tooling import Toolbox, run_tool_calls
 from service.errors import ServiceError, ThreadNotFound
 from service.schemas import ErrorCode, ToolCallRecord, Usage
 
 MAX_TOOL_ROUNDS = 8
+
+# The stream events the backend acts on besides text deltas, by their `type`; the SDK's
+# lenient `construct` builds them (nested models included) the way its own stream does for a
+# variant it recognises. Every other event type is skipped unparsed.
+_TYPED_EVENTS: dict[str, type[BaseModel]] = {
+    "response.created": ResponseCreatedEvent,
+    "response.output_item.done": ResponseOutputItemDoneEvent,
+    "response.completed": ResponseCompletedEvent,
+    "response.failed": ResponseFailedEvent,
+    "response.incomplete": ResponseIncompleteEvent,
+    "error": ResponseErrorEvent,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,10 +142,20 @@ class ResponsesBackend:
         turn = _Turn()
         calls: list[ToolCall] = []
         try:
-            async for event in within_idle_limit(stream, self._idle):
-                if isinstance(event, ResponseTextDeltaEvent):
-                    await on_text(event.delta)
-                elif isinstance(event, ResponseOutputItemDoneEvent):
+            # The raw events: text deltas (nearly all of them) are read straight from the JSON;
+            # only the few events used below become SDK models (see `sse_json`).
+            async for data in within_idle_limit(sse_json(stream.response), self._idle):
+                kind = data.get("type") if isinstance(data, dict) else None
+                if kind == "response.output_text.delta":
+                    delta = data.get("delta")
+                    if isinstance(delta, str):
+                        await on_text(delta)
+                    continue
+                model = _TYPED_EVENTS.get(kind) if isinstance(kind, str) else None
+                if model is None:
+                    continue
+                event = model.construct(**data)
+                if isinstance(event, ResponseOutputItemDoneEvent):
                     item = event.item
                     if isinstance(item, ResponseFunctionToolCall):
                         calls.append(ToolCall(item.call_id, item.name, item.arguments))
