@@ -40,7 +40,7 @@ class HubStreamer(RunEventHandler):
         self._sent_text = ""
         self._unsent: list[str] = []
         self._unsent_chars = 0
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
         self._responding = False
         self._finished = False
         self._subscribed = False
@@ -91,7 +91,13 @@ class HubStreamer(RunEventHandler):
         if self._unsent_chars >= self._flush_chars or self._flush_after <= 0:
             self._flush()
         elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self._flush_after, self._flush)
+            loop = asyncio.get_running_loop()
+            if self._sent_text:
+                self._timer = loop.call_later(self._flush_after, self._flush)
+            else:
+                # The first words go out on the next loop turn (with whatever else arrived in
+                # the same read): coalescing is for the stream that follows, not the first token.
+                self._timer = loop.call_soon(self._flush)
 
     async def on_completed(self, result: RunResult) -> None:
         if self._finished:
