@@ -48,7 +48,11 @@ docs: $(STAMP)  ## write docs/asyncapi.yaml and the hub payload JSON Schema
 docs-serve: $(STAMP)  ## serve docs/asyncapi.yaml on http://localhost:8000 (DOCS_PORT=...)
 	$(VENV)/bin/faststream docs serve docs/asyncapi.yaml --port $(or $(DOCS_PORT),8000)
 
-bench: $(STAMP)  ## the benchmark (see README "Performance")
+$(VENV)/.bench: $(STAMP)
+	$(PY) -m pip install -q -e ".[dev,bench]"
+	touch $(VENV)/.bench
+
+bench: $(VENV)/.bench  ## the benchmark (see README "Performance")
 	scripts/ensure-rabbitmq.sh
 	$(PY) -m benchmarks.run
 
