@@ -116,8 +116,19 @@ class RequestProcessor:
         fields = _readable_fields(raw.body)
         channel = fields.get("channel")
         message_id = fields.get("message_id") or raw.message_id or _new_id()
-        thread_id = fields.get("thread_id") or channel
         log.info("rejected invalid request message_id=%s: %s", message_id, error.message)
+        await self._dead_letter(raw, error, message_id, channel, fields.get("thread_id") or channel)
+
+    async def _dead_letter(
+        self,
+        raw: AbstractIncomingMessage,
+        error: ServiceError,
+        message_id: str,
+        channel: str | None,
+        thread_id: str | None,
+    ) -> None:
+        """A request that will not run: hub error payload (when the channel is known), the
+        failed event, then reject without requeue so the queue dead-letters it."""
         if channel is not None:
             streamer = HubStreamer(
                 self._hub, channel=channel, message_id=message_id, thread_id=thread_id or channel
@@ -336,27 +347,9 @@ class RequestProcessor:
                 f"Request was delivered {deliveries - 1} times without completing",
             )
             log.error("message_id=%s dead-lettered: %s", message_id, error.message)
-            await self._events.publish_failed(
-                FailedEvent(
-                    message_id=message_id,
-                    channel=request.channel,
-                    thread_id=request.conversation_id,
-                    code=error.code,
-                    message=error.message,
-                    retryable=False,
-                    occurred_at=time.time(),
-                ),
-                _reply_to(raw),
+            await self._dead_letter(
+                raw, error, message_id, request.channel, request.conversation_id
             )
-            streamer = HubStreamer(
-                self._hub,
-                channel=request.channel,
-                message_id=message_id,
-                thread_id=request.conversation_id,
-            )
-            streamer.start()
-            await streamer.on_failed(error)
-            await _settle(raw.reject(requeue=False))
             return True
         if self._republish is None:
             return False
