@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import Fakes, Stack, start_stack
 from tests.fakes.script import Text, ToolCall
-from tests.harness import ROOT, ServiceNames, service_env
+from tests.harness import ROOT, Broker, ServiceNames, service_env
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -90,7 +90,12 @@ async def test_chat_reuses_a_given_thread_and_shows_a_failure(
 
 
 async def test_chat_says_when_the_service_is_not_there(fakes: Fakes) -> None:
-    env = service_env(ServiceNames.fresh("nochat"), fakes.urls())
-    code, out = await chat(env, "hello?\n", "--thread", "conv_nobody")
+    names = ServiceNames.fresh("nochat")
+    env = service_env(names, fakes.urls())
+    broker = await Broker.open(names)
+    try:
+        code, out = await chat(env, "hello?\n", "--thread", "conv_nobody")
+    finally:
+        await broker.cleanup()  # the chat declared the events exchange to listen on it
     assert code == 1
     assert "does not exist: is the service running" in out
