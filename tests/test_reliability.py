@@ -93,6 +93,28 @@ async def test_request_in_flight_when_the_connection_drops_ends_exactly_once(
     assert ready == 0 and consumers == 1
 
 
+async def test_close_all_connections_mid_stream_still_ends_once(rstack: Stack) -> None:
+    """The operator's blunt instrument: every connection on the broker, ours included."""
+    t = tag()
+    rstack.fakes.openai.script(t, [[slow_text(30, 0.05)]])
+    body = rstack.request(f"close all {t}", message_id=f"m-{t}")
+    await rstack.broker.publish(body)
+    await rstack.fakes.on_loop(
+        rstack.fakes.hub.wait_for(lambda: len(rstack.fakes.hub.payloads(body["channel"])) >= 3, 10)
+    )
+    await asyncio.to_thread(_rabbitmqctl, "close_all_connections", "fault test")
+    await rstack.fakes.hub_final(body["channel"], timeout=30)
+    event = await rstack.broker.wait_event(body["message_id"], timeout=60)
+    assert event["event"] == "completed"
+    await rstack.broker.wait_consumer(timeout=60)
+    await asyncio.sleep(1)
+    assert len(finals(rstack.fakes.hub.payloads(body["channel"]))) == 1
+    assert len(rstack.broker.events_for(body["message_id"])) == 1
+    after = rstack.request(f"after close all {t}", message_id=f"n-{t}")
+    await rstack.broker.publish(after)
+    assert (await rstack.broker.wait_event(after["message_id"], timeout=30))["event"] == "completed"
+
+
 # -- the hub -------------------------------------------------------------------------------
 
 
@@ -288,5 +310,5 @@ async def test_consumer_resumes_after_a_broker_restart(rstack: Stack) -> None:
     assert event["event"] == "completed"
 
 
-def _rabbitmqctl(command: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", command], check=True, capture_output=True, timeout=120)
+def _rabbitmqctl(*command: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *command], check=True, capture_output=True, timeout=120)
