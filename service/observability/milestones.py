@@ -111,6 +111,7 @@ class ObservedRun(RunEventHandler):
         self._first_token: float | None = None
         self._tool_calls = 0
         self._ended = False
+        self._deltas = 0  # added to the counter once, at the end: the token path stays lock-free
         milestone(logging.INFO, "accepted", **self._ids)
 
     async def on_run_started(self, run_id: str | None) -> None:
@@ -146,7 +147,7 @@ class ObservedRun(RunEventHandler):
         await self._inner.on_text_delta(delta)
         if not delta or self._ended:
             return
-        self._metrics.tokens_streamed.inc()
+        self._deltas += 1
         if self._first_token is None:
             self._first_token = self._clock() - self._started
             self._metrics.time_to_first_token.observe(self._first_token)
@@ -188,6 +189,8 @@ class ObservedRun(RunEventHandler):
         if self._ended:
             return False
         self._ended = True
+        if self._deltas:
+            self._metrics.tokens_streamed.inc(self._deltas)
         self._metrics.run_duration.labels(outcome=outcome).observe(self._elapsed())
         return True
 
