@@ -257,12 +257,9 @@ class _AssistantsApi:
                 assistant_id, {}, self._fake.model
             )
         selection = self._book.next_turn(f"thread:{thread_id}", text, continuation=False)
-        turn = self._fake._resolve(selection, {**body, "input": text}, text)
-        if isinstance(turn, str):
-            return _error(500, f"fake script error: {turn}", "server_error")
-        early = await self._fake._play_early(request, turn)
-        if early is not None:
-            return early
+        turn = await self._fake._take_turn(request, selection, {**body, "input": text}, text)
+        if isinstance(turn, web.StreamResponse):
+            return turn
         run = _Run(
             id=_new_id("run"),
             thread_id=thread_id,
@@ -301,12 +298,9 @@ class _AssistantsApi:
                 )
             text = thread.last_user_text()
         selection = self._book.next_turn(f"thread:{thread_id}", text, continuation=True)
-        turn = self._fake._resolve(selection, {**body, "input": text}, text)
-        if isinstance(turn, str):
-            return _error(500, f"fake script error: {turn}", "server_error")
-        early = await self._fake._play_early(request, turn)
-        if early is not None:
-            return early
+        turn = await self._fake._take_turn(request, selection, {**body, "input": text}, text)
+        if isinstance(turn, web.StreamResponse):
+            return turn
         with self._lock:
             if run.tool_step is not None:  # the outputs complete the tool_calls step
                 by_id = {o.call_id: o.output for o in outputs}

@@ -333,6 +333,16 @@ class FakeOpenAI:
         )
         return replace(split, stream=stream)
 
+    async def _take_turn(
+        self, request: web.Request, selection: Selection, body: dict[str, Any], echo: str
+    ) -> SplitTurn | web.StreamResponse:
+        """The turn to stream, or the response that ends this attempt before any stream."""
+        turn = self._resolve(selection, body, echo)
+        if isinstance(turn, str):
+            return _error(500, f"fake script error: {turn}", "server_error")
+        early = await self._play_early(request, turn)
+        return turn if early is None else early
+
     async def _play_early(self, request: web.Request, turn: SplitTurn) -> web.StreamResponse | None:
         """Play what happens before a stream starts; a response ends the attempt there."""
         for stall in turn.before:
@@ -385,12 +395,11 @@ class FakeOpenAI:
         if problem is not None:
             return _error(400, problem, param="input")
         selection = self._book.next_turn(key, text, continuation=bool(outputs))
-        turn = self._resolve(selection, body, text or " ".join(o.output for o in outputs))
-        if isinstance(turn, str):
-            return _error(500, f"fake script error: {turn}", "server_error")
-        early = await self._play_early(request, turn)
-        if early is not None:
-            return early
+        turn = await self._take_turn(
+            request, selection, body, text or " ".join(o.output for o in outputs)
+        )
+        if isinstance(turn, web.StreamResponse):
+            return turn
         response_id = _new_id("resp")
         calls = [s.call_id for s in turn.stream if isinstance(s, ToolCall) and s.call_id]
         with self._lock:
