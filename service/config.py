@@ -61,6 +61,17 @@ class Settings(BaseModel):
     max_concurrency: int = Field(32, ge=1, le=10000)
     max_deliveries: int = Field(3, ge=1)
 
+    queue_type: Literal["classic", "quorum"] = "classic"
+    redis_url: SecretStr = SecretStr("")
+
+    on_busy: Literal["enqueue", "reject", "interrupt", "rollback"] = "enqueue"
+    openai_background: bool = False
+    hub_protocol: Literal["envelope", "nchan"] = "envelope"
+    hub_payload_mode: Literal["full", "compact"] = "full"
+    hub_public_url: str = ""
+    web_chat: bool = False
+    web_chat_token: SecretStr = SecretStr("")
+
     run_timeout: float = Field(300, gt=0)
     stream_idle_timeout: float = Field(60, gt=0)
     shutdown_grace: float = Field(15, ge=0)
@@ -103,10 +114,12 @@ class Settings(BaseModel):
             self.openweather_api_key.get_secret_value(),
             self.kmc_api_key.get_secret_value(),
             self.websocket_token.get_secret_value(),
+            self.web_chat_token.get_secret_value(),
         ]
-        password = _url_password(self.rabbitmq_url.get_secret_value())
-        if password:
-            values.append(password)
+        for url in (self.rabbitmq_url, self.redis_url):
+            password = _url_password(url.get_secret_value())
+            if password:
+                values.append(password)
         return [value for value in values if len(value) >= 4]
 
     def redacted(self) -> dict[str, Any]:

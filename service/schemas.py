@@ -8,7 +8,14 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 CHANNEL_PATTERN = r"^[A-Za-z0-9_.:-]{1,200}$"
 
@@ -28,6 +35,16 @@ class ErrorCode(StrEnum):
     WEBSOCKET_UNAVAILABLE = "websocket_unavailable"
     CANCELLED = "cancelled"
     INTERNAL = "internal"
+    CONVERSATION_BUSY = "conversation_busy"
+
+
+class OnBusy(StrEnum):
+    """What a request does when its conversation is busy (contract §8)."""
+
+    ENQUEUE = "enqueue"
+    REJECT = "reject"
+    INTERRUPT = "interrupt"
+    ROLLBACK = "rollback"
 
 
 class ChatRequest(BaseModel):
@@ -82,6 +99,14 @@ class ChatRequest(BaseModel):
         dict[MetadataKey, MetadataValue],
         Field(description="Caller data, at most 16 keys; never sent to the model."),
     ] = Field(default_factory=dict)
+
+    on_busy: Annotated[
+        OnBusy | None,
+        Field(
+            description="What to do when the conversation is busy: enqueue, reject, interrupt "
+            "or rollback (contract §8). Defaults to the ON_BUSY setting."
+        ),
+    ] = None
 
     @field_validator("metadata")
     @classmethod
@@ -242,3 +267,40 @@ class FailedEvent(BaseModel):
     message: str = Field(description="Short safe text")
     retryable: bool = Field(description="True when publishing the same request again may work")
     occurred_at: float = Field(description="UNIX seconds")
+    text: str = Field(
+        "", description='The answer streamed to the hub before the failure (`""` when none)'
+    )
+
+
+class CancelRequest(BaseModel):
+    """Published by upstream to the requests exchange with routing key `<ROUTING_KEY>.cancel`:
+    stop a request by `message_id`, or every running or waiting request of a `channel`
+    (contract §8). At least one of the two is set; when both are, both must match."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        frozen=True,
+        json_schema_extra={"examples": [{"message_id": "m-42", "channel": None}]},
+    )
+
+    message_id: Annotated[
+        str | None,
+        StringConstraints(min_length=1, max_length=200, strict=True),
+        Field(description="The request to cancel"),
+    ] = None
+    channel: Annotated[
+        ChannelName | None,
+        Field(description="Cancel every running or waiting request of this channel"),
+    ] = None
+
+    @model_validator(mode="after")
+    def _one_of_them(self) -> CancelRequest:
+        if self.message_id is None and self.channel is None:
+            raise ValueError("a cancel needs a message_id or a channel")
+        return self
+
+    def matches(self, message_id: str, channel: str) -> bool:
+        """True when this cancel targets the request (both fields must match when both set)."""
+        if self.message_id is not None and self.message_id != message_id:
+            return False
+        return self.channel is None or self.channel == channel
