@@ -233,6 +233,12 @@ class BufferedHub:
     # -- the buffer ---------------------------------------------------------------------
 
     def _push(self, channel: str | None, key: str | None, frame: bytes) -> None:
+        if len(frame) + FRAME_OVERHEAD > self._buffer_bytes:
+            # Larger than the whole buffer: it alone is dropped, nothing else makes room.
+            self.dropped_frames += 1
+            if channel is not None:
+                self._lost(channel)
+            return
         lane = self._lanes.get(key)
         if lane is None:
             lane = self._lanes[key] = Lane(key)
