@@ -167,3 +167,81 @@ class NchanHub:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+# -- subscribers, as browsers are ---------------------------------------------------------
+
+
+def split_meta(frame: str | bytes) -> tuple[str, str]:
+    """(id, data) of a `ws+meta.nchan` frame: `id: <id>` and other headers, a blank line, data."""
+    text = frame.decode() if isinstance(frame, bytes) else frame
+    head, _, data = text.partition("\n\n")
+    for line in head.split("\n"):
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "id":
+            return value.strip(), data
+    return "", text
+
+
+async def ws_subscribe(
+    url: str, count: int, *, last_event_id: str | None = None, timeout: float = 10
+) -> list[tuple[str, str]]:
+    """Read `count` messages as a browser WebSocket with subprotocol ws+meta.nchan does;
+    `last_event_id` resumes after that message. Returns (id, data) pairs."""
+    import asyncio
+
+    from websockets.asyncio.client import connect
+    from websockets.typing import Subprotocol
+
+    if last_event_id is not None:
+        url = f"{url}?last_event_id={last_event_id}"
+    got: list[tuple[str, str]] = []
+    async with asyncio.timeout(timeout):
+        async with connect(url, subprotocols=[Subprotocol("ws+meta.nchan")]) as ws:
+            while len(got) < count:
+                got.append(split_meta(await ws.recv()))
+    return got
+
+
+async def sse_subscribe(
+    url: str, count: int, *, last_event_id: str | None = None, timeout: float = 10
+) -> list[tuple[str, str]]:
+    """Read `count` messages as a browser EventSource does (`Last-Event-ID` to resume)."""
+    import asyncio
+
+    import httpx2
+
+    headers = {"Accept": "text/event-stream"}
+    if last_event_id is not None:
+        headers["Last-Event-ID"] = last_event_id
+    got: list[tuple[str, str]] = []
+    event_id, data = "", []
+    async with asyncio.timeout(timeout), httpx2.AsyncClient(timeout=None) as client:
+        async with client.stream("GET", url, headers=headers) as response:
+            response.raise_for_status()
+            async for line in response.aiter_lines():
+                if line == "":
+                    if data:
+                        got.append((event_id, "\n".join(data)))
+                        data = []
+                        if len(got) >= count:
+                            return got
+                elif line.startswith("id:"):
+                    event_id = line[3:].strip()
+                elif line.startswith("data:"):
+                    data.append(line[5:].removeprefix(" "))
+    return got
+
+
+if __name__ == "__main__":
+    # `python -m tests.nchan`: run the hub in the foreground until Ctrl-C (for trying it out).
+    import sys
+
+    hub = NchanHub.start(token=sys.argv[1] if len(sys.argv) > 1 else "")
+    print(f"WEBSOCKET_URI={hub.publish_url}\nHUB_PUBLIC_URL={hub.subscribe_url}", flush=True)
+    try:
+        signal.pause()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        hub.stop()

@@ -323,7 +323,7 @@ class BufferedHub:
                 "hub %s refused the publisher (%s): check WEBSOCKET_TOKEN; payloads are "
                 "dropped and requests end with hub_delivered=false",
                 self._uri,
-                describe(exc),
+                exc,
             )
 
     # -- lifecycle and the writers ------------------------------------------------------
