@@ -216,20 +216,23 @@ async def sse_subscribe(
         headers["Last-Event-ID"] = last_event_id
     got: list[tuple[str, str]] = []
     event_id, data = "", []
-    async with asyncio.timeout(timeout), httpx2.AsyncClient(timeout=None) as client:
-        async with client.stream("GET", url, headers=headers) as response:
-            response.raise_for_status()
-            async for line in response.aiter_lines():
-                if line == "":
-                    if data:
-                        got.append((event_id, "\n".join(data)))
-                        data = []
-                        if len(got) >= count:
-                            return got
-                elif line.startswith("id:"):
-                    event_id = line[3:].strip()
-                elif line.startswith("data:"):
-                    data.append(line[5:].removeprefix(" "))
+    async with (
+        asyncio.timeout(timeout),
+        httpx2.AsyncClient(timeout=None) as client,
+        client.stream("GET", url, headers=headers) as response,
+    ):
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if line == "":
+                if data:
+                    got.append((event_id, "\n".join(data)))
+                    data = []
+                    if len(got) >= count:
+                        return got
+            elif line.startswith("id:"):
+                event_id = line[3:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].removeprefix(" "))
     return got
 
 

@@ -57,7 +57,9 @@ async def subscribe(
     nchan: NchanHub, how: str, channel: str, count: int, last_event_id: str | None = None
 ) -> list[tuple[str, str]]:
     if how == "websocket":
-        return await ws_subscribe(f"{nchan.subscribe_url}/{channel}", count, last_event_id=last_event_id)
+        return await ws_subscribe(
+            f"{nchan.subscribe_url}/{channel}", count, last_event_id=last_event_id
+        )
     return await sse_subscribe(
         f"{nchan.eventsource_url}/{channel}", count, last_event_id=last_event_id
     )

@@ -409,10 +409,6 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(_main(args.host, args.port, args.token, args.print))
 
 
-if __name__ == "__main__":
-    main()
-
-
 def check_payload_sequence(payloads: list[dict[str, Any]], mode: str = "full") -> str:
     """Assert §5 (and, for ``mode="compact"``, §9) on one request's payloads, in seq order;
     return the answer. Raises AssertionError naming the first payload that breaks a rule."""
@@ -453,3 +449,7 @@ def answer_of(payloads: list[dict[str, Any]]) -> str:
     for payload in payloads:
         answer.add(payload)
     return answer.text
+
+
+if __name__ == "__main__":
+    main()

@@ -78,11 +78,13 @@ class EnvelopeHub(BufferedHub):
                     self.lane_emptied()
                     lane.wakeup.clear()
                     waiter = asyncio.ensure_future(lane.wakeup.wait())
-                    done, _ = await asyncio.wait(
-                        {waiter, reader}, return_when=asyncio.FIRST_COMPLETED
-                    )
-                    if reader in done:
+                    try:
+                        done, _ = await asyncio.wait(
+                            {waiter, reader}, return_when=asyncio.FIRST_COMPLETED
+                        )
+                    finally:
                         waiter.cancel()
+                    if reader in done:
                         reader.result()
                         raise ConnectionClosed(None, None)
                     continue

@@ -94,9 +94,13 @@ class NchanWebSocketHub(_NchanHub):
                     return
                 lane.wakeup.clear()
                 waiter = asyncio.ensure_future(lane.wakeup.wait())
-                done, _ = await asyncio.wait({waiter, acks}, return_when=asyncio.FIRST_COMPLETED)
-                if acks in done:
+                try:
+                    done, _ = await asyncio.wait(
+                        {waiter, acks}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
                     waiter.cancel()
+                if acks in done:
                     acks.result()
                     raise ConnectionClosed(None, None)
                 continue
