@@ -83,7 +83,11 @@ class Lane:
     task: asyncio.Task[None] | None = None
     connected: bool = False
     opened: bool = False
-    unacked: int = 0
+    # Publishers with acknowledgements (nchan's WebSocket): the first `sent` frames were
+    # written on the current connection and wait for their ack; `ghost_acks` acks are still
+    # due for sent frames that the buffer dropped since.
+    sent: int = 0
+    ghost_acks: int = 0
 
 
 def dumps(value: dict[str, Any]) -> bytes:
@@ -256,6 +260,9 @@ class BufferedHub:
         lane.wakeup.set()
 
     def _drop_oldest(self, lane: Lane) -> None:
+        if lane.sent > 0:
+            lane.sent -= 1
+            lane.ghost_acks += 1
         owner, _ = self._take(lane)
         self.dropped_frames += 1
         if owner is not None:
@@ -305,12 +312,18 @@ class BufferedHub:
         while lane.frames:
             self._drop_oldest(lane)
 
-    def lost_in_flight(self, lane: Lane) -> None:
-        """The connection closed before the hub acknowledged what was sent on it."""
-        while lane.unacked > 0 and lane.key is not None:
-            lane.unacked -= 1
-            self._lost(lane.key)
-        lane.unacked = 0
+    def acknowledged(self, lane: Lane) -> None:
+        """The hub acknowledged the oldest frame sent on this lane's connection."""
+        if lane.ghost_acks > 0:
+            lane.ghost_acks -= 1
+            return
+        if lane.sent <= 0 or not lane.frames:
+            return
+        lane.sent -= 1
+        owner, _ = self._take(lane)
+        if owner is not None:
+            self.written(owner)
+        self.lane_emptied()
 
     def active_channels(self) -> list[str]:
         return [name for name, state in self._channels.items() if state.active > 0]

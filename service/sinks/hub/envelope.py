@@ -71,22 +71,16 @@ class EnvelopeHub(BufferedHub):
             await self._write(ws, lane)
 
     async def _write(self, ws: ClientConnection, lane: Lane) -> None:
-        reader = asyncio.create_task(_discard_incoming(ws), name="hub-reader")
+        reader = asyncio.create_task(_discard_incoming(ws, lane), name="hub-reader")
         try:
             while True:
                 if not lane.frames:
                     self.lane_emptied()
-                    lane.wakeup.clear()
-                    waiter = asyncio.ensure_future(lane.wakeup.wait())
-                    try:
-                        done, _ = await asyncio.wait(
-                            {waiter, reader}, return_when=asyncio.FIRST_COMPLETED
-                        )
-                    finally:
-                        waiter.cancel()
-                    if reader in done:
+                    if reader.done():  # the connection closed (the reader wakes us when it does)
                         reader.result()
                         raise ConnectionClosed(None, None)
+                    lane.wakeup.clear()
+                    await lane.wakeup.wait()
                     continue
                 owner, frame = lane.frames[0]
                 await ws.send(frame, text=True)
@@ -98,7 +92,10 @@ class EnvelopeHub(BufferedHub):
             reader.cancel()
 
 
-async def _discard_incoming(ws: ClientConnection) -> None:
+async def _discard_incoming(ws: ClientConnection, lane: Lane) -> None:
     # The hub echoes channel traffic to subscribers, us included; read it so it never backs up.
-    async for _ in ws:
-        pass
+    try:
+        async for _ in ws:
+            pass
+    finally:
+        lane.wakeup.set()

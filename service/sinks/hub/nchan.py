@@ -5,8 +5,8 @@ ordered lane, so seq order holds per channel while channels publish concurrently
 
 - `ws://…` (`NchanWebSocketHub`): one publisher WebSocket per active channel, opened at the
   channel's first payload and closed once the request finished and nchan acknowledged every
-  message (nchan answers each published message on the socket). A connection lost with
-  messages unacknowledged marks the channel lossy: they may or may not have been published.
+  message (nchan answers each published message on the socket). A message leaves the buffer
+  on its acknowledgement; after a lost connection the unacknowledged ones are sent again.
 - `http://…` (`NchanHttpHub`): `POST` with `Content-Type: application/json` over a shared
   keep-alive connection pool (httpx2); a message leaves the buffer on nchan's 2xx answer.
 
@@ -78,44 +78,40 @@ class NchanWebSocketHub(_NchanHub):
         except InvalidStatus as exc:
             raise (refused(exc) or exc) from exc
         async with ws:
+            # What an earlier connection sent without an ack is sent again: nginx may have
+            # died before publishing it (at least once; subscribers can tell repeats by seq).
+            lane.sent = lane.ghost_acks = 0
             self.connection_opened(lane)
             acks = asyncio.create_task(self._acknowledged(ws, lane), name="hub-acks")
             try:
                 await self._write(ws, lane, acks)
             finally:
                 acks.cancel()
-                self.lost_in_flight(lane)
 
     async def _write(self, ws: ClientConnection, lane: Lane, acks: asyncio.Task[None]) -> None:
         while True:
-            if not lane.frames:
+            if lane.sent >= len(lane.frames):
                 self.lane_emptied()
                 if self.lane_done(lane):
                     return
-                lane.wakeup.clear()
-                waiter = asyncio.ensure_future(lane.wakeup.wait())
-                try:
-                    done, _ = await asyncio.wait(
-                        {waiter, acks}, return_when=asyncio.FIRST_COMPLETED
-                    )
-                finally:
-                    waiter.cancel()
-                if acks in done:
+                if acks.done():  # the connection closed (the reader wakes us when it does)
                     acks.result()
                     raise ConnectionClosed(None, None)
+                lane.wakeup.clear()
+                await lane.wakeup.wait()
                 continue
-            _, frame = lane.frames[0]
+            _, frame = lane.frames[lane.sent]
             await ws.send(frame, text=True)
-            self._take(lane)
-            lane.unacked += 1
+            lane.sent += 1
 
     async def _acknowledged(self, ws: ClientConnection, lane: Lane) -> None:
         assert lane.key is not None
         # nchan answers every published message with the channel's info, in order.
-        async for _ in ws:
-            if lane.unacked > 0:
-                lane.unacked -= 1
-                self.written(lane.key)
+        try:
+            async for _ in ws:
+                self.acknowledged(lane)
+        finally:
+            lane.wakeup.set()
 
 
 class NchanHttpHub(_NchanHub):
