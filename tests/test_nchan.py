@@ -4,6 +4,7 @@ subscribers, resume with the last message id, late readers, nginx restarts, a re
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -229,3 +230,31 @@ async def test_service_with_a_refused_token_completes_with_hub_delivered_false(
         assert event["hub_delivered"] is False
         assert event["hub_error"] == "websocket_unavailable"
         assert "refused the publisher (HTTP 403)" in stack.service.log_text()
+
+
+async def test_service_survives_nginx_restarting_mid_answer_with_one_final_event(
+    nchan_stack: Stack, nchan: NchanHub
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    words = [f"r{i} " for i in range(60)]
+    nchan_stack.fakes.openai.script(tag, [[Text(*words, interval=0.05)]])
+    body = nchan_stack.request(f"restart {tag}", message_id=f"m-{tag}")
+    url = f"{nchan.eventsource_url}/{body['channel']}"
+    await nchan_stack.broker.publish(body)
+    before = await sse_subscribe(url, 5, timeout=20)  # the answer is streaming
+    await asyncio.to_thread(nchan.restart)
+    event = await nchan_stack.broker.wait_event(f"m-{tag}", timeout=30)
+    assert event["event"] == "completed" and event["text"] == "".join(words)
+    assert nchan_stack.broker.events_for(f"m-{tag}") == [event]
+    # The restarted hub has what was published after it came back: in seq order, once, up
+    # to the final payload with the whole answer.
+    after: list[dict[str, Any]] = []
+    while not after or not after[-1]["final_message"]:
+        after = [json.loads(d) for _, d in await sse_subscribe(url, len(after) + 1)]
+    seqs = [p["seq"] for p in after]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    assert after[-1]["message"] == event["text"]
+    assert json.loads(before[-1][1])["seq"] < seqs[-1]
+    # Delivered after the reconnect, or said so (§9).
+    expected_error = None if event["hub_delivered"] else "websocket_unavailable"
+    assert event["hub_error"] == expected_error

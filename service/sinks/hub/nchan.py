@@ -108,7 +108,8 @@ class NchanWebSocketHub(_NchanHub):
         assert lane.key is not None
         # nchan answers every published message with the channel's info, in order.
         try:
-            async for _ in ws:
+            while True:
+                await ws.recv(decode=False)  # the ack's text is not needed: skip decoding it
                 self.acknowledged(lane)
         finally:
             lane.wakeup.set()
