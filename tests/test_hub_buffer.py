@@ -136,3 +136,31 @@ def test_frame_accounting_counts_utf8_bytes() -> None:
     client.send("c", {"delta": "😀" * 10})
     frame = '{"channel":"c","payload":{"delta":"' + "😀" * 10 + '"}}'
     assert client.buffered_bytes - before == len(frame.encode()) + FRAME_OVERHEAD
+
+
+class PoisonHub(EnvelopeHub):
+    """A hub that drops the connection whenever it is handed one particular frame."""
+
+    async def serve_lane(self, lane: Lane) -> None:
+        head = lane.frames[0][1] if lane.frames else b""
+        if b"poison" in head:
+            self.connection_opened(lane)
+            raise ConnectionError("the hub went down on this frame")
+        await super().serve_lane(lane)
+
+
+async def test_a_frame_that_keeps_killing_the_connection_is_dropped_and_the_rest_delivered() -> (
+    None
+):
+    server = RecordingHub()
+    await server.start()
+    client = PoisonHub(server.uri, reconnect_min=0.01, reconnect_max=0.02)
+    client.send("c1", {"seq": 0, "delta": "poison"})
+    client.send("c1", {"seq": 1})
+    await client.start()
+    assert await client.drain("c1", timeout=5) is False  # one frame lost: said so
+    await server.wait_for(lambda: len(server.payloads("c1")) == 1, 5)
+    assert server.payloads("c1") == [{"seq": 1}]
+    assert client.dropped_frames == 1
+    await client.close()
+    await server.stop()

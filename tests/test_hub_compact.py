@@ -125,3 +125,37 @@ async def test_compact_bytes_grow_linearly_and_full_bytes_quadratically(mode: st
         assert ratio <= 1.25, ratio
     else:
         assert ratio > 5, ratio
+
+
+def test_clients_rebuild_the_answer_in_both_modes_and_repair_a_missed_payload() -> None:
+    from service.chat import AnswerText
+
+    def payload(delta: str, message: str, **extra: Any) -> dict[str, Any]:
+        base = {"type": "response", "status": "in_progress", "delta": delta, "message": message}
+        return {**base, **extra}
+
+    compact = AnswerText()
+    assert compact.add({"type": "status", "status": "responding", "message": "Responding"}) == ""
+    assert compact.add(payload("Hel", "")) == "Hel"
+    # "lo " was missed; the snapshot carries the whole answer and fills the gap.
+    assert compact.add(payload("wor", "Hello wor", snapshot=True)) == "lo wor"
+    assert compact.add(payload("ld", "")) == "ld"
+    assert compact.text == "Hello world"
+    full = AnswerText()
+    for text in ["Hel", "Hello", "Hello world"]:
+        full.add(payload(text[-2:], text))
+    assert full.text == "Hello world"
+
+
+def test_chat_subscribes_to_nchan_where_browsers_do() -> None:
+    from service.chat import nchan_payload, nchan_subscriber_url
+    from service.config import Settings
+
+    derived = Settings(hub_protocol="nchan", websocket_uri="http://hub:8090/pub")
+    assert nchan_subscriber_url(derived, "conv_1") == "ws://hub:8090/sub/conv_1"
+    public = Settings(
+        hub_protocol="nchan", websocket_uri="ws://x/pub", hub_public_url="wss://chat.example/sub"
+    )
+    assert nchan_subscriber_url(public, "c") == "wss://chat.example/sub/c"
+    assert nchan_payload('id: 17:0\ncontent-type: application/json\n\n{"seq":0}') == '{"seq":0}'
+    assert nchan_payload('{"seq":1}') == '{"seq":1}'

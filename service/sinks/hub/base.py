@@ -38,6 +38,8 @@ PayloadMode = Literal["full", "compact"]
 FRAME_OVERHEAD = 120
 # Finished channels that lost frames, kept by name for a late `drain` (names only).
 REMEMBER_LOSSY = 4096
+# Connections in a row that a frame was sent on and died without it being taken.
+POISON_STRIKES = 3
 # A refused token is logged at most this often (seconds), not once per payload.
 REFUSAL_LOG_EVERY = 10.0
 
@@ -83,6 +85,7 @@ class Lane:
     task: asyncio.Task[None] | None = None
     connected: bool = False
     opened: bool = False
+    opens: int = 0
     # Publishers with acknowledgements (nchan's WebSocket): the first `sent` frames were
     # written on the current connection and wait for their ack; `ghost_acks` acks are still
     # due for sent frames that the buffer dropped since.
@@ -397,11 +400,12 @@ class BufferedHub:
 
     async def _supervise(self, lane: Lane) -> None:
         delay = self._reconnect_min
-        attempts = 0
+        strikes = 0
         try:
             while not self._closing:
+                head = lane.frames[0][1] if lane.frames else None
+                opens = lane.opens
                 try:
-                    attempts += 1
                     await self.serve_lane(lane)
                     if self.lane_done(lane):
                         return
@@ -425,6 +429,17 @@ class BufferedHub:
                         )
                 finally:
                     lane.connected = False
+                # A frame that the hub took down with it several connections in a row (e.g.
+                # too large for it) is dropped, or the lane would retry it forever.
+                stuck = lane.opens > opens and lane.frames and lane.frames[0][1] is head
+                strikes = strikes + 1 if stuck else 0
+                if strikes >= POISON_STRIKES:
+                    owner = lane.frames[0][0]
+                    log.warning(
+                        "hub %s: dropping a payload of %s that it keeps refusing", self._uri, owner
+                    )
+                    self._drop_oldest(lane)
+                    strikes = 0
                 if self._closing or self.lane_done(lane):
                     return
                 await asyncio.sleep(delay * (0.5 + random.random()))
@@ -438,6 +453,7 @@ class BufferedHub:
         """A writer connected: count reconnects (not a lane's first connection)."""
         self._reachable.set()
         lane.connected = True
+        lane.opens += 1
         first, lane.opened = not lane.opened, True
         if not first:
             self.reconnects += 1

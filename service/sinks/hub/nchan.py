@@ -138,13 +138,13 @@ class NchanHttpHub(_NchanHub):
             owner, frame = lane.frames[0]
             response = await client.post(url, content=frame, headers=headers)
             status = response.status_code
+            if not opened:  # nginx answered: it is there
+                opened = True
+                self.connection_opened(lane)
             if status in (401, 403):
                 raise HubRefused(f"HTTP {status}")
             if status >= 500:
                 raise HubUnavailable(f"HTTP {status}")
-            if not opened:
-                opened = True
-                self.connection_opened(lane)
             self._take(lane)
             if owner is None:
                 continue
