@@ -1,9 +1,12 @@
 """HUB_PAYLOAD_MODE=compact (§9): deltas only, snapshots on the geometric schedule, the whole
-answer on the final payload; `full` unchanged. Streamer unit tests, without a broker."""
+answer on the final payload; `full` unchanged. Streamer unit tests without a broker, and one
+run of the real service in compact mode."""
 
 from __future__ import annotations
 
 import json
+import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +15,9 @@ from service.assistant.events import RunResult
 from service.errors import RunTimeout
 from service.schemas import HubPayload
 from service.sinks.streamer import HubStreamer
+from tests.conftest import Fakes, start_stack
 from tests.fakes.hub import answer_of, check_payload_sequence
+from tests.fakes.script import Text
 
 
 class ListHub:
@@ -159,3 +164,19 @@ def test_chat_subscribes_to_nchan_where_browsers_do() -> None:
     assert nchan_subscriber_url(public, "c") == "wss://chat.example/sub/c"
     assert nchan_payload('id: 17:0\ncontent-type: application/json\n\n{"seq":0}') == '{"seq":0}'
     assert nchan_payload('{"seq":1}') == '{"seq":1}'
+
+
+async def test_service_in_compact_mode_sends_section_9_payloads_to_the_envelope_hub(
+    fakes: Fakes, log_dir: Path
+) -> None:
+    async with start_stack(fakes, log_dir, "responses", HUB_PAYLOAD_MODE="compact") as stack:
+        tag = uuid.uuid4().hex[:8]
+        words = [f"c{i} " for i in range(800)]  # ~4,000 characters: three snapshots
+        stack.fakes.openai.script(tag, [[Text(*words)]])
+        body = stack.request(f"compact {tag}", message_id=f"m-{tag}")
+        await stack.broker.publish(body)
+        payloads = await stack.fakes.hub_final(body["channel"])
+        event = await stack.broker.wait_event(f"m-{tag}")
+        assert check_payload_sequence(payloads, "compact") == "".join(words) == event["text"]
+        assert sum(1 for p in payloads if p.get("snapshot")) >= 2
+        assert event["hub_delivered"] is True
