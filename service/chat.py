@@ -34,6 +34,7 @@ from websockets.typing import Subprotocol
 
 from service.config import Settings, redact_url
 from service.runtime import openai_client
+from service.sinks.hub import nchan_subscriber_url
 
 QUIT = {"/quit", "/exit"}
 NCHAN_META = Subprotocol("ws+meta.nchan")
@@ -105,18 +106,6 @@ class AnswerText:
             self.text += delta
             return delta
         return ""
-
-
-def nchan_subscriber_url(settings: Settings, channel: str) -> str:
-    """Where a client subscribes to `channel` on an nchan hub: `<HUB_PUBLIC_URL>/<channel>`
-    (unset: the publisher URL with its last `/pub` turned into `/sub`)."""
-    base = settings.hub_public_url or settings.websocket_uri
-    if not settings.hub_public_url and base.rstrip("/").endswith("/pub"):
-        base = base.rstrip("/")[: -len("/pub")] + "/sub"
-    for plain, ws in (("http://", "ws://"), ("https://", "wss://")):
-        if base.startswith(plain):
-            base = ws + base[len(plain) :]
-    return f"{base.rstrip('/')}/{channel}"
 
 
 def nchan_payload(frame: str | bytes) -> str:

@@ -153,8 +153,9 @@ def test_clients_rebuild_the_answer_in_both_modes_and_repair_a_missed_payload() 
 
 
 def test_chat_subscribes_to_nchan_where_browsers_do() -> None:
-    from service.chat import nchan_payload, nchan_subscriber_url
+    from service.chat import nchan_payload
     from service.config import Settings
+    from service.sinks.hub import nchan_subscriber_url
 
     derived = Settings(hub_protocol="nchan", websocket_uri="http://hub:8090/pub")
     assert nchan_subscriber_url(derived, "conv_1") == "ws://hub:8090/sub/conv_1"

@@ -35,6 +35,7 @@ __all__ = [
     "PayloadMode",
     "WebSocketHub",
     "hub_from_settings",
+    "nchan_subscriber_url",
 ]
 
 
@@ -53,3 +54,16 @@ def hub_from_settings(settings: Settings) -> BufferedHub:
         reconnect_max=settings.hub_reconnect_max,
         payload_mode=settings.hub_payload_mode,
     )
+
+
+def nchan_subscriber_url(settings: Settings, channel: str) -> str:
+    """Where a browser (or the terminal chat) subscribes to `channel` on an nchan hub:
+    `<HUB_PUBLIC_URL>/<channel>`; with HUB_PUBLIC_URL unset, the publisher URL with its last
+    `/pub` turned into `/sub` (the layout of deploy/nginx/nchan.conf). http(s) becomes ws(s)."""
+    base = (settings.hub_public_url or settings.websocket_uri).rstrip("/")
+    if not settings.hub_public_url and base.endswith("/pub"):
+        base = base[: -len("/pub")] + "/sub"
+    for plain, ws in (("http://", "ws://"), ("https://", "wss://")):
+        if base.startswith(plain):
+            base = ws + base[len(plain) :]
+    return f"{base}/{channel}"
