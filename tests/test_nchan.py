@@ -258,3 +258,20 @@ async def test_service_survives_nginx_restarting_mid_answer_with_one_final_event
     # Delivered after the reconnect, or said so (§9).
     expected_error = None if event["hub_delivered"] else "websocket_unavailable"
     assert event["hub_error"] == expected_error
+
+
+async def test_the_shipped_config_keeps_the_last_10000_messages_of_a_channel(
+    nchan: NchanHub,
+) -> None:
+    hub = publisher(nchan, "ws")
+    await hub.start()
+    channel = fresh_channel()
+    hub.subscribe(channel)
+    for seq in range(10_050):
+        hub.send(channel, {"seq": seq})
+    hub.unsubscribe(channel)
+    assert await hub.drain(channel, timeout=30)
+    # No id: the oldest message kept. The 50 oldest went; the last 10,000 are all there.
+    got = await subscribe(nchan, "websocket", channel, 10_000, last_event_id=None)
+    assert [json.loads(data)["seq"] for _, data in got] == list(range(50, 10_050))
+    await hub.close()
