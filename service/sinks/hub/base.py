@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import httpx2
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 log = logging.getLogger("service.hub")
 
@@ -97,6 +97,12 @@ def dumps(value: dict[str, Any]) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
 
+def refused(exc: InvalidStatus) -> HubRefused | None:
+    """A handshake refused with 401/403 is a token problem, not an outage."""
+    status = exc.response.status_code
+    return HubRefused(f"HTTP {status}") if status in (401, 403) else None
+
+
 def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
@@ -105,8 +111,6 @@ class BufferedHub:
     """The buffer, the per-channel bookkeeping and the writers' supervision; subclasses say
     how frames look (`payload_frame`, `subscribe_frame`, …), which lane a channel uses
     (`lane_key`) and how a lane writes (`serve_lane`)."""
-
-    protocol_name = "hub"
 
     def __init__(
         self,

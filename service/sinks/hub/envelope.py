@@ -14,21 +14,13 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from service.sinks.hub.base import BufferedHub, HubRefused, Lane, dumps
+from service.sinks.hub.base import BufferedHub, Lane, dumps, refused
 
 log = logging.getLogger("service.hub")
 
 
-def refused(exc: InvalidStatus) -> HubRefused | None:
-    """A handshake refused with 401/403 is a token problem, not an outage."""
-    status = exc.response.status_code
-    return HubRefused(f"HTTP {status}") if status in (401, 403) else None
-
-
 class EnvelopeHub(BufferedHub):
     """Client of the §5 envelope hub at `uri`: one connection, one ordered lane."""
-
-    protocol_name = "envelope"
 
     def subscribe_frame(self, channel: str) -> bytes:
         return dumps(

@@ -24,8 +24,14 @@ import httpx2
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from service.sinks.hub.base import BufferedHub, HubRefused, HubUnavailable, Lane, dumps
-from service.sinks.hub.envelope import refused
+from service.sinks.hub.base import (
+    BufferedHub,
+    HubRefused,
+    HubUnavailable,
+    Lane,
+    dumps,
+    refused,
+)
 
 log = logging.getLogger("service.hub")
 
@@ -34,7 +40,7 @@ HTTP_POOL = 32
 
 
 class _NchanHub(BufferedHub):
-    protocol_name = "nchan"
+    """What both nchan publishers share: a lane per channel, the bare payload object."""
 
     def lane_key(self, channel: str | None) -> str | None:
         return channel
