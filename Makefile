@@ -32,6 +32,7 @@ format: $(STAMP)  ## apply ruff's formatting and fixes
 
 test: $(STAMP)  ## lint, type-check, then the whole suite against the real RabbitMQ
 	scripts/ensure-rabbitmq.sh
+	scripts/hub.sh install
 	$(MAKE) --no-print-directory lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 

@@ -6,7 +6,7 @@
 #
 #   HUB_PORT (default 8090), HUB_BIND (default 127.0.0.1), WEBSOCKET_TOKEN (publishers must
 #   send "Authorization: Bearer <it>"; empty: anyone who reaches the port may publish).
-#   scripts/hub.sh stop    stops it.
+#   scripts/hub.sh stop    stops it; scripts/hub.sh install only installs what is missing.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -44,6 +44,9 @@ if ! command -v nginx >/dev/null 2>&1 || [ -z "$module" ]; then
     exit 1
   fi
 fi
+
+# `scripts/hub.sh install`: only make sure nginx + nchan are there (`make test` needs them).
+if [ "${1:-start}" = "install" ]; then exit 0; fi
 
 if running; then
   nginx -p "$PREFIX" -c "$PREFIX/nginx.conf" -s stop 2>/dev/null
