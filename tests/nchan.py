@@ -27,6 +27,7 @@ from types import TracebackType
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy" / "nginx"
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"  # /usr/sbin is not on every user's PATH
 NCHAN_MODULES = (
     "/usr/lib/nginx/modules/ngx_nchan_module.so",
     "/usr/share/nginx/modules/ngx_nchan_module.so",
@@ -101,7 +102,7 @@ class NchanHub:
 
     def _run(self) -> None:
         done = subprocess.run(
-            ["nginx", "-p", str(self.prefix), "-c", str(self.prefix / "nginx.conf")],
+            [NGINX, "-p", str(self.prefix), "-c", str(self.prefix / "nginx.conf")],
             capture_output=True,
             text=True,
         )
