@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .PHONY: help install run test lint format typecheck demo chat docs docs-serve bench \
-        assistant-create assistant-delete thread-create clean
+        assistant-create assistant-delete thread-create clean hub hub-stop
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -32,6 +32,7 @@ format: $(STAMP)  ## apply ruff's formatting and fixes
 
 test: $(STAMP)  ## lint, type-check, then the whole suite against the real RabbitMQ
 	scripts/ensure-rabbitmq.sh
+	scripts/hub.sh install
 	$(MAKE) --no-print-directory lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
@@ -55,6 +56,12 @@ $(VENV)/.bench: $(STAMP)
 bench: $(VENV)/.bench  ## the benchmark (see README "Performance")
 	scripts/ensure-rabbitmq.sh
 	$(PY) -m benchmarks.run
+
+hub:  ## run the nchan hub (nginx + nchan, HUB_PROTOCOL=nchan) on HUB_PORT (8090); prints its URLs
+	scripts/hub.sh
+
+hub-stop:  ## stop the hub started by `make hub`
+	scripts/hub.sh stop
 
 assistant-create: $(STAMP)  ## create the remote assistant (assistants backend) / show the local one
 	$(PY) -m service assistant create

@@ -379,8 +379,9 @@ async def run(args: argparse.Namespace) -> int:
     chosen = [workload.ALIASES.get(name, name) for name in args.scenario] or [
         *table,
         "sweep",
+        "hub",
     ]
-    unknown = [name for name in chosen if name not in table and name != "sweep"]
+    unknown = [name for name in chosen if name not in table and name not in ("sweep", "hub")]
     if unknown:
         raise SystemExit(f"unknown scenario(s): {unknown}; choose from {[*table, 'sweep']}")
     out = Path(args.out) if args.out else (RESULTS if not args.quick else Path(tempfile.mkdtemp()))
@@ -393,7 +394,13 @@ async def run(args: argparse.Namespace) -> int:
     results: dict[str, dict[str, Any]] = {}
     try:
         for name in chosen:
-            if name == "sweep":
+            if name == "hub":  # issue 13: payload modes and hub protocols (hub_modes.py)
+                from benchmarks import hub_modes
+
+                print("\n== hub: payload modes and hub protocols", flush=True)
+                results[name] = await hub_modes.run(quick=args.quick)
+                _write(out, "hub_modes", results[name])
+            if name in ("sweep", "hub"):
                 continue
             results[name] = await bench.scenario(table[name])
             _write(out, name, results[name])
@@ -433,7 +440,7 @@ def main(argv: list[str] | None = None) -> None:
         "--scenario",
         action="append",
         default=[],
-        help="a/concurrent, b/throughput, c/slow, d/sequential or sweep (repeatable; "
+        help="a/concurrent, b/throughput, c/slow, d/sequential, sweep or hub (repeatable; "
         "default: all of them)",
     )
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")

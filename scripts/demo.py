@@ -22,6 +22,8 @@ from typing import Any
 import aio_pika
 from websockets.asyncio.client import connect
 
+from service.chat import AnswerText
+
 ROOT = Path(__file__).resolve().parent.parent
 QUESTION = "What's the weather in Makati?"
 
@@ -87,10 +89,11 @@ async def main() -> int:
                 aio_pika.Message(json.dumps(request).encode(), content_type="application/json"),
                 routing_key=names["ROUTING_KEY"],
             )
+            answer = AnswerText()  # either HUB_PAYLOAD_MODE: deltas, snapshots, final message
             async with asyncio.timeout(60):
                 async for frame in hub:
                     message = json.loads(frame)
-                    if message.get("channel") == conversation and _show(message["payload"]):
+                    if message.get("channel") == conversation and _show(message["payload"], answer):
                         break
             async with asyncio.timeout(30), events.iterator() as incoming:
                 async for delivered in incoming:
@@ -127,10 +130,10 @@ def _subscribe(channel: str) -> str:
     )
 
 
-def _show(payload: dict[str, Any]) -> bool:
+def _show(payload: dict[str, Any], answer: AnswerText) -> bool:
     """Print one payload as a person would want to see it; True on the final one."""
     if payload["type"] == "response":
-        print(payload.get("delta") or "", end="", flush=True)
+        print(answer.add(payload), end="", flush=True)
     elif payload["type"] == "tool":
         print(f"  [{payload['message']}]")
     elif payload["type"] in ("error", "timeout"):

@@ -30,11 +30,14 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.typing import Subprotocol
 
 from service.config import Settings, redact_url
 from service.runtime import openai_client
+from service.sinks.hub import nchan_subscriber_url
 
 QUIT = {"/quit", "/exit"}
+NCHAN_META = Subprotocol("ws+meta.nchan")
 HUB_GRACE = 2.0
 """Seconds to keep reading the hub after the final event, for payloads still on their way."""
 
@@ -77,6 +80,40 @@ class Terminal:
         if self._inline:
             self._out.write("\n")
             self._inline = False
+
+
+class AnswerText:
+    """Rebuilds an answer from its `response` payloads in either payload mode (§5, §9).
+
+    Each delta is appended; a payload whose `message` carries the whole answer (every one in
+    `full` mode; compact snapshots; the final payload) replaces the text, which also repairs
+    a payload missed on the way."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def add(self, payload: dict[str, Any]) -> str:
+        """Take one payload; return the text it adds to the answer (to print)."""
+        if payload.get("type") != "response":
+            return ""
+        delta = payload.get("delta")
+        message = payload.get("message")
+        if isinstance(message, str) and message and message.startswith(self.text):
+            added = message[len(self.text) :]
+            self.text = message
+            return added
+        if isinstance(delta, str):
+            self.text += delta
+            return delta
+        return ""
+
+
+def nchan_payload(frame: str | bytes) -> str:
+    """The message of an nchan `ws+meta.nchan` frame (`id: …` headers, a blank line, data)."""
+    text = frame.decode() if isinstance(frame, bytes) else frame
+    if text.startswith("id:"):
+        return text.partition("\n\n")[2]
+    return text
 
 
 @dataclass
@@ -184,6 +221,7 @@ class ChatClient:
     async def _follow(self, turn: _Turn, deadline: float) -> float | None:
         """Print the request's hub payloads until its final one; the time of the first text."""
         first_text: float | None = None
+        answer = AnswerText()
         start = time.monotonic()
         grace_until: float | None = None
         while True:
@@ -197,11 +235,11 @@ class ChatClient:
                 payload = await asyncio.wait_for(turn.payloads.get(), min(limit - now, 0.25))
             except TimeoutError:
                 continue
-            delta = payload.get("delta")
-            if payload.get("type") == "response" and isinstance(delta, str) and delta:
+            added = answer.add(payload)
+            if added:
                 if first_text is None:
                     first_text = time.monotonic() - start
-                self._terminal.text(delta)
+                self._terminal.text(added)
             elif payload.get("type") == "tool" and payload.get("status") == "processing":
                 self._terminal.line(f"  · {payload.get('message', '')}")
             elif payload.get("type") in ("error", "timeout"):
@@ -256,24 +294,34 @@ class ChatClient:
         s = self._settings
         token = s.websocket_token.get_secret_value()
         headers = {"Authorization": f"Bearer {token}"} if token else None
+        nchan = s.hub_protocol == "nchan"
+        # nchan: a browser-like subscriber of the channel (no token, no subscription frames).
+        uri = nchan_subscriber_url(s, self.channel) if nchan else s.websocket_uri
         try:
-            self._hub = await connect(s.websocket_uri, additional_headers=headers, open_timeout=5)
+            if nchan:
+                self._hub = await connect(uri, subprotocols=[NCHAN_META], open_timeout=5)
+            else:
+                self._hub = await connect(uri, additional_headers=headers, open_timeout=5)
         except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
             self._terminal.line(
-                f"  ! hub {s.websocket_uri} not reachable ({type(exc).__name__}): answers "
+                f"  ! hub {redact_url(uri)} not reachable ({type(exc).__name__}): answers "
                 "will be shown from the final event, without streaming"
             )
             return
-        await self._hub.send(_subscription("subscribe", self.channel))
+        if not nchan:
+            await self._hub.send(_subscription("subscribe", self.channel))
         self._reader = asyncio.create_task(self._read_hub(self._hub))
 
     async def _read_hub(self, hub: ClientConnection) -> None:
         try:
+            nchan = self._settings.hub_protocol == "nchan"
             async for frame in hub:
                 try:
-                    data = json.loads(frame)
+                    data = json.loads(nchan_payload(frame) if nchan else frame)
                 except ValueError:
                     continue
+                if nchan:
+                    data = {"channel": self.channel, "payload": data}
                 if not isinstance(data, dict) or data.get("channel") != self.channel:
                     continue
                 payload = data.get("payload")

@@ -47,6 +47,7 @@ class Settings(BaseModel):
     websocket_uri: str = "ws://localhost:4000"
     websocket_token: SecretStr = SecretStr("")
     hub_buffer_size: int = Field(20000, ge=16)
+    hub_buffer_bytes: int = Field(64 * 2**20, ge=65536)
     hub_send_timeout: float = Field(5, gt=0)
     hub_reconnect_min: float = Field(0.2, gt=0)
     hub_reconnect_max: float = Field(5, gt=0)

@@ -19,7 +19,7 @@ from service.config import Settings
 from service.handlers.processor import Republish, RequestProcessor, StreamingOptions
 from service.observability.milestones import RunObserver
 from service.sinks.events import EventPublisher
-from service.sinks.hub import WebSocketHub
+from service.sinks.hub import BufferedHub, hub_from_settings
 from service.tools import ToolConfig, ToolRegistry
 
 log = logging.getLogger("service")
@@ -85,7 +85,7 @@ class Runtime:
         self.settings = settings
         self.observer = observer
         self.processor: RequestProcessor | None = None
-        self.hub: WebSocketHub | None = None
+        self.hub: BufferedHub | None = None
         self._http: httpx2.AsyncClient | None = None
         self._openai: AsyncOpenAI | None = None
 
@@ -106,13 +106,7 @@ class Runtime:
         )
         toolbox = ToolRegistry.from_config(tool_config(s), self._http)
         backend = self._backend(toolbox)
-        self.hub = WebSocketHub(
-            s.websocket_uri,
-            token=s.websocket_token.get_secret_value() or None,
-            buffer_size=s.hub_buffer_size,
-            reconnect_min=s.hub_reconnect_min,
-            reconnect_max=s.hub_reconnect_max,
-        )
+        self.hub = hub_from_settings(s)
         await self.hub.start(connect_timeout=2.0)
         # Everything built so far lives as long as the process: keep it out of the collector's
         # sight, or full collections walking it cost 100-150 ms pauses under load (bench (a)).

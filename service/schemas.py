@@ -140,7 +140,8 @@ class PayloadError(BaseModel):
 
 
 class HubPayload(BaseModel):
-    """One payload sent to the WebSocket hub as `{"channel": <channel>, "payload": <this>}`.
+    """One payload sent to the WebSocket hub as `{"channel": <channel>, "payload": <this>}`
+    (with `HUB_PROTOCOL=nchan`: this object alone, published to `<WEBSOCKET_URI>/<channel>`).
 
     For one request: `started` first; `processing`/`tool` payloads when the model calls tools;
     `responding` once before the first text; `in_progress` text payloads; then exactly one
@@ -153,7 +154,10 @@ class HubPayload(BaseModel):
     status: PayloadStatus = Field(
         description="started, processing, responding, in_progress, completed or error"
     )
-    message: str = Field(description="Human text; on `response` payloads the whole answer so far")
+    message: str = Field(
+        description="Human text; on `response` payloads the whole answer so far (compact "
+        'mode: `""` on `in_progress` payloads that are not snapshots)'
+    )
     delta: str | None = Field(
         None, description="On `response` payloads: the text added since the previous one"
     )
@@ -165,6 +169,14 @@ class HubPayload(BaseModel):
     tool: ToolRef | None = Field(None, description="On `tool` payloads")
     error: PayloadError | None = Field(None, description="On `error`/`timeout` payloads")
     error_details: str | None = Field(None, description="Short safe text on `error`/`timeout`")
+    snapshot: bool | None = Field(
+        None,
+        description="(v2) HUB_PAYLOAD_MODE=compact: true on the `in_progress` payloads whose "
+        "`message` is the whole answer so far (the one that brings the answer past 1,000 "
+        "characters, then each one that brings it to at least twice the previous snapshot's "
+        'length); other compact `in_progress` payloads carry `message: ""` and only `delta`. '
+        "Absent or false on every other payload and in `full` mode.",
+    )
 
 
 class HubFrame(BaseModel):

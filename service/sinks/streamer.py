@@ -3,6 +3,14 @@
 It owns the per-request payload rules of contract §5: `seq` without gaps, `responding` once
 before the first text, text deltas coalesced (by time and by size), exactly one final payload,
 and the concatenated deltas equal to the final message.
+
+Payload modes (contract §9, `HUB_PAYLOAD_MODE`, read from the hub): in `full` mode every
+`in_progress` payload carries the whole answer so far in `message`; in `compact` mode it
+carries `message: ""` and only its `delta`, except *snapshots* (`"snapshot": true`, `message` =
+the whole answer so far): the payload that brings the answer past 1,000 code points, then each
+one that brings it to at least twice the length of the previous snapshot. The bytes sent per
+answer then grow linearly with its length instead of with its square. The final payload
+carries the whole answer in both modes.
 """
 
 from __future__ import annotations
@@ -14,7 +22,11 @@ from typing import Any
 from service.assistant.events import RunEventHandler, RunResult, ToolCall, ToolOutcome
 from service.errors import ServiceError
 from service.schemas import ErrorCode
-from service.sinks.hub import Hub
+from service.sinks.hub import Hub, PayloadMode
+
+# Compact mode: the first snapshot goes with the payload that brings the answer past this
+# many code points; each later one when the answer reaches twice the previous snapshot's.
+FIRST_SNAPSHOT_AFTER = 1000
 
 
 class HubStreamer(RunEventHandler):
@@ -29,8 +41,12 @@ class HubStreamer(RunEventHandler):
         thread_id: str,
         flush_ms: int = 30,
         flush_chars: int = 200,
+        payload_mode: PayloadMode | None = None,
     ) -> None:
         self._hub = hub
+        mode = payload_mode or getattr(hub, "payload_mode", "full")
+        self._compact = mode == "compact"
+        self._snapshot_len = 0
         self.channel = channel
         self._message_id = message_id
         self._thread_id = thread_id
@@ -146,7 +162,19 @@ class HubStreamer(RunEventHandler):
         if not delta or self._finished:
             return
         self._sent_text += delta
-        self._emit("response", "in_progress", self._sent_text, delta=delta)
+        if not self._compact:
+            self._emit("response", "in_progress", self._sent_text, delta=delta)
+            return
+        length = len(self._sent_text)
+        if self._snapshot_len == 0:
+            snapshot = length > FIRST_SNAPSHOT_AFTER
+        else:
+            snapshot = length >= 2 * self._snapshot_len
+        if snapshot:
+            self._snapshot_len = length
+            self._emit("response", "in_progress", self._sent_text, delta=delta, snapshot=True)
+        else:
+            self._emit("response", "in_progress", "", delta=delta)
 
     def _emit(
         self,
@@ -159,6 +187,7 @@ class HubStreamer(RunEventHandler):
         tool: dict[str, str] | None = None,
         error: dict[str, Any] | None = None,
         error_details: str | None = None,
+        snapshot: bool = False,
     ) -> None:
         payload: dict[str, Any] = {
             "type": kind,
@@ -172,6 +201,8 @@ class HubStreamer(RunEventHandler):
         }
         if delta is not None:
             payload["delta"] = delta
+        if snapshot:
+            payload["snapshot"] = True
         if tool is not None:
             payload["tool"] = tool
         if error is not None:

@@ -30,7 +30,14 @@ from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-__all__ = ["HubFrame", "PayloadPrinter", "RecordingHub", "SubscriptionEvent"]
+__all__ = [
+    "HubFrame",
+    "PayloadPrinter",
+    "RecordingHub",
+    "SubscriptionEvent",
+    "answer_of",
+    "check_payload_sequence",
+]
 
 _POLL = 0.005  # seconds between checks in the wait helpers
 
@@ -400,6 +407,48 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_main(args.host, args.port, args.token, args.print))
+
+
+def check_payload_sequence(payloads: list[dict[str, Any]], mode: str = "full") -> str:
+    """Assert §5 (and, for ``mode="compact"``, §9) on one request's payloads, in seq order;
+    return the answer. Raises AssertionError naming the first payload that breaks a rule."""
+    assert [p["seq"] for p in payloads] == list(range(len(payloads))), "seq has gaps/repeats"
+    finals = [p for p in payloads if p["final_message"] is True]
+    assert len(finals) == 1 and finals[0] is payloads[-1], "exactly one final payload, last"
+    text = ""
+    snapshot_len = 0
+    for payload in payloads:
+        if payload["status"] != "in_progress":
+            assert not payload.get("snapshot"), f"snapshot outside in_progress: {payload}"
+            if payload["type"] == "response":
+                text += payload.get("delta") or ""
+            continue
+        text += payload["delta"]
+        if mode == "full":
+            assert payload["message"] == text and "snapshot" not in payload, payload["seq"]
+            continue
+        due = len(text) > 1000 if snapshot_len == 0 else len(text) >= 2 * snapshot_len
+        if due:
+            assert payload.get("snapshot") is True, f"seq {payload['seq']}: snapshot expected"
+            assert payload["message"] == text, f"seq {payload['seq']}: snapshot message"
+            snapshot_len = len(text)
+        else:
+            assert not payload.get("snapshot"), f"seq {payload['seq']}: unexpected snapshot"
+            assert payload["message"] == "", f"seq {payload['seq']}: compact message not empty"
+    final = payloads[-1]
+    if final["type"] == "response":
+        assert final["message"] == text, "deltas do not add up to the final message"
+    return text
+
+
+def answer_of(payloads: list[dict[str, Any]]) -> str:
+    """The answer a subscriber rebuilds from one request's payloads, in either payload mode."""
+    from service.chat import AnswerText
+
+    answer = AnswerText()
+    for payload in payloads:
+        answer.add(payload)
+    return answer.text
 
 
 if __name__ == "__main__":
