@@ -16,7 +16,7 @@ from faststream.rabbit import Channel, RabbitBroker
 from faststream.specification import AsyncAPI
 
 from service.config import ConfigurationError, Settings, load_settings
-from service.handlers.chat import ProcessorRef, chat_router
+from service.handlers.chat import DeliveriesRef, chat_router
 from service.logs import configure_logging
 from service.observability import Observability
 from service.observability.asyncapi import asyncapi_document
@@ -26,7 +26,6 @@ from service.observability.milestones import ObservedEventPublisher
 from service.observability.server import HttpFastStream
 from service.runtime import Runtime
 from service.schemas import CompletedEvent, FailedEvent
-from service.sinks.requeue import Requeuer
 from service.topology import Topology
 
 if TYPE_CHECKING:
@@ -55,7 +54,10 @@ def create_app(
         client_properties=cast(
             "RabbitClientProperties", {"name": f"assistant-service {settings.queue_name}"}
         ),
-        graceful_timeout=settings.shutdown_grace,
+        # No wait inside FastStream's own stop: `drain_runs` (below) has ended every held
+        # request by then, within SHUTDOWN_GRACE, and FastStream's wait would only hold up the
+        # consumer's cancel (returned requests would bounce back to this process).
+        graceful_timeout=None,
         middlewares=observability.broker_middlewares(),
         # A plain logger that propagates: FastStream's "Received"/"Processed" lines (with
         # exchange, queue and message_id as fields) go through the service's log handler.
@@ -63,8 +65,9 @@ def create_app(
         description=SERVER_DESCRIPTION,
         specification_url=_without_credentials(settings.rabbitmq_url.get_secret_value()),
     )
-    ref = ProcessorRef()
-    broker.include_router(chat_router(topology, ref))
+    ref = DeliveriesRef()
+    router, requests_subscriber = chat_router(topology, ref)
+    broker.include_router(router)
     completed = broker.publisher(
         exchange=topology.events_exchange,
         routing_key=topology.completed_routing_key,
@@ -99,11 +102,12 @@ def create_app(
         )
         await broker.declare_exchange(topology.events_exchange)
         try:
-            ref.processor = await runtime.start(
+            ref.deliveries = await runtime.start(
                 ObservedEventPublisher(
                     completed, failed, broker, telemetry=observability.telemetry
                 ),
-                Requeuer(broker, topology.requests_exchange, settings.routing_key),
+                # Cancels the consumer on its current channel (also after a reconnect).
+                stop_consuming=requests_subscriber.stop,
             )
         except ConfigurationError as exc:
             # A clear line instead of a traceback: the message names the command to run.
@@ -114,8 +118,8 @@ def create_app(
         # Before FastStream stops the consumer: stop deliveries, requeue what has not
         # started, let runs finish within SHUTDOWN_GRACE, cancel the rest (each still gets
         # its final payload, final event and ack).
-        if ref.processor is not None:
-            await ref.processor.shutdown(settings.shutdown_grace)
+        if ref.deliveries is not None:
+            await ref.deliveries.shutdown(settings.shutdown_grace)
 
     async def stop_clients() -> None:
         await runtime.stop()

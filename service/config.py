@@ -65,6 +65,12 @@ class Settings(BaseModel):
     queue_type: Literal["classic", "quorum"] = "classic"
     redis_url: SecretStr = SecretStr("")
 
+    # Delivery state (service/coordination): see settings.toml "Delivery state".
+    state_dir: str = ".state"
+    state_max_bytes: int = Field(4_000_000, ge=10_000)
+    lease_ttl: float = Field(5, gt=0)
+    run_record_ttl: float = Field(3600, gt=0)
+
     on_busy: Literal["enqueue", "reject", "interrupt", "rollback"] = "enqueue"
     openai_background: bool = False
     hub_protocol: Literal["envelope", "nchan"] = "envelope"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import itertools
 import logging
+from collections.abc import Awaitable, Callable
 
 import httpx2
 from openai import AsyncOpenAI
@@ -16,9 +17,11 @@ from service.assistant.responses import AssistantSpec, ResponsesBackend
 from service.assistant.retry import RetryPolicy
 from service.assistant.runner import Backend, Runner
 from service.config import Settings
-from service.handlers.processor import Republish, RequestProcessor, StreamingOptions
+from service.coordination import Coordinator, coordinator_for
+from service.delivery import Deliveries
+from service.delivery.desk import FinalEvents
+from service.handlers.answer import RequestAnswers, StreamingOptions
 from service.observability.milestones import RunObserver
-from service.sinks.events import EventPublisher
 from service.sinks.hub import BufferedHub, hub_from_settings
 from service.tools import ToolConfig, ToolRegistry
 
@@ -79,18 +82,24 @@ class PooledTransport(httpx2.AsyncBaseTransport):
 
 
 class Runtime:
-    """Owns the HTTP client, the OpenAI client, the hub connection and the request processor."""
+    """Owns the HTTP client, the OpenAI client, the hub connection, the coordinator and the
+    delivery layer of one process."""
 
     def __init__(self, settings: Settings, observer: RunObserver | None = None) -> None:
         self.settings = settings
         self.observer = observer
-        self.processor: RequestProcessor | None = None
+        self.processor: Deliveries | None = None
         self.hub: BufferedHub | None = None
+        self.coordinator: Coordinator | None = None
         self._http: httpx2.AsyncClient | None = None
         self._openai: AsyncOpenAI | None = None
 
-    async def start(self, events: EventPublisher, republish: Republish) -> RequestProcessor:
+    async def start(
+        self, events: FinalEvents, stop_consuming: Callable[[], Awaitable[None]]
+    ) -> Deliveries:
         s = self.settings
+        self.coordinator = coordinator_for(s)
+        await self.coordinator.open()
         limits = httpx2.Limits(
             max_connections=None, max_keepalive_connections=s.max_concurrency * 2
         )
@@ -111,18 +120,22 @@ class Runtime:
         # Everything built so far lives as long as the process: keep it out of the collector's
         # sight, or full collections walking it cost 100-150 ms pauses under load (bench (a)).
         gc.freeze()
-        self.processor = RequestProcessor(
+        answers = RequestAnswers(
             runner=Runner(backend, run_timeout=s.run_timeout),
             hub=self.hub,
-            events=events,
-            republish=republish,
             observer=self.observer,
-            max_deliveries=s.max_deliveries,
             options=StreamingOptions(
                 flush_ms=s.delta_flush_ms,
                 flush_chars=s.delta_flush_chars,
                 hub_send_timeout=s.hub_send_timeout,
             ),
+        )
+        self.processor = Deliveries(
+            answers=answers,
+            events=events,
+            coordinator=self.coordinator,
+            max_deliveries=s.max_deliveries,
+            stop_consuming=stop_consuming,
         )
         return self.processor
 
@@ -149,6 +162,8 @@ class Runtime:
         )
 
     async def stop(self) -> None:
+        if self.coordinator is not None:
+            await self.coordinator.close()
         if self.hub is not None:
             await self.hub.close(flush_timeout=self.settings.hub_send_timeout)
         if self._openai is not None:
