@@ -157,7 +157,7 @@ class Deliveries:
         if arrival is None:
             return
         if isinstance(arrival, Accepted):
-            arrival.held.stop = ServiceError(ErrorCode.INTERNAL, "Internal error")
+            self.end(arrival.held, ServiceError(ErrorCode.INTERNAL, "Internal error"))
         task = asyncio.create_task(self._settle(arrival))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -389,6 +389,10 @@ class Deliveries:
     async def _publish(self, held: Held, event: FinalEvent) -> bool:
         """Publish the final event once, retrying while the broker is away; then the reply_to
         copy, whose failure never republishes the event. False if it could not be published."""
+        async with held.publishing:
+            return await self._publish_once(held, event)
+
+    async def _publish_once(self, held: Held, event: FinalEvent) -> bool:
         deadline = time.monotonic() + self._publish_patience
         reply = _reply_to(held.raw)
         if not held.published:
@@ -398,10 +402,13 @@ class Deliveries:
                 log.error("final event of message_id=%s not published", held.message_id)
                 return False
             held.published = True
-        if reply is not None and not await _retrying(
-            lambda: self._events.publish_reply(event, reply), deadline, "reply_to copy"
-        ):
-            log.error("reply_to copy of message_id=%s not published", held.message_id)
+        if reply is not None and not held.replied:
+            if await _retrying(
+                lambda: self._events.publish_reply(event, reply), deadline, "reply_to copy"
+            ):
+                held.replied = True
+            else:
+                log.error("reply_to copy of message_id=%s not published", held.message_id)
         return True
 
     async def _publish_event(self, event: FinalEvent, reply: ReplyTo | None) -> None:

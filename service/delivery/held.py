@@ -43,8 +43,11 @@ class Held:
     """The run (streaming the answer); cancelled to end a running request early."""
     final: FinalEvent | None = None
     published: bool = False
+    replied: bool = False
     settled: bool = False
     """Acked, nacked or rejected (once)."""
+    publishing: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """Held while its final event is being published: racing copies publish it once."""
     done: asyncio.Event = field(default_factory=asyncio.Event)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
