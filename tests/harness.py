@@ -168,8 +168,8 @@ class Broker:
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
-    async def open(cls, names: ServiceNames) -> Broker:
-        connection = await aio_pika.connect_robust(RABBITMQ_URL)
+    async def open(cls, names: ServiceNames, url: str = RABBITMQ_URL) -> Broker:
+        connection = await aio_pika.connect_robust(url)
         broker = cls(names, connection)
         await broker._listen_events()
         return broker
