@@ -5,6 +5,7 @@ Code receives a `Settings`; nothing else in the service reads the environment.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -17,7 +18,9 @@ class ConfigurationError(RuntimeError):
     """The settings cannot work; the message says what to change or run."""
 
 
-DEFAULT_SETTINGS_FILE = Path(__file__).resolve().parent.parent / "settings.toml"
+# Package data (a link to the top-level settings.toml in a source checkout), so an installed
+# service finds its defaults wherever it runs. SETTINGS_FILE in the environment names another.
+DEFAULT_SETTINGS_FILE = Path(__file__).resolve().parent / "settings.toml"
 
 
 class Settings(BaseModel):
@@ -167,8 +170,12 @@ def load_settings(
     Only the settings named by `Settings` are taken; the rest of the environment is ignored.
     """
     dotenv_path = Path(dotenv_dir or Path.cwd()) / ".env"
+    path = Path(settings_file or os.environ.get("SETTINGS_FILE") or DEFAULT_SETTINGS_FILE)
+    if not path.is_file():
+        # Never run silently on the Python defaults: they are not the documented ones.
+        raise ConfigurationError(f"settings file {path} not found (set SETTINGS_FILE)")
     source = Dynaconf(
-        settings_files=[str(settings_file or DEFAULT_SETTINGS_FILE)],
+        settings_files=[str(path)],
         environments=False,
         envvar_prefix=False,
         load_dotenv=True,
