@@ -8,7 +8,6 @@ Importing this module reads settings but opens no connection.
 from __future__ import annotations
 
 import logging
-import re
 from typing import TYPE_CHECKING, cast
 
 from faststream.exceptions import StartupValidationError
@@ -24,6 +23,7 @@ from service.observability.health import Readiness
 from service.observability.http import http_routes
 from service.observability.milestones import ObservedEventPublisher
 from service.observability.server import HttpFastStream
+from service.redaction import without_credentials
 from service.runtime import Runtime
 from service.schemas import CompletedEvent, FailedEvent
 from service.topology import Topology
@@ -63,7 +63,7 @@ def create_app(
         # exchange, queue and message_id as fields) go through the service's log handler.
         logger=logging.getLogger("faststream.access.rabbit"),
         description=SERVER_DESCRIPTION,
-        specification_url=_without_credentials(settings.rabbitmq_url.get_secret_value()),
+        specification_url=without_credentials(settings.rabbitmq_url.get_secret_value()),
     )
     ref = DeliveriesRef()
     router, requests_subscriber = chat_router(topology, ref)
@@ -145,11 +145,6 @@ def create_app(
     for path, route in routes:
         app.mount(path, route)
     return app
-
-
-def _without_credentials(url: str) -> str:
-    """`amqp://user:secret@host:5672/` → `amqp://host:5672/`, for the AsyncAPI server entry."""
-    return re.sub(r"(?<=://)[^@/\s]*@", "", url)
 
 
 app = create_app()

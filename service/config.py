@@ -6,12 +6,13 @@ Code receives a `Settings`; nothing else in the service reads the environment.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any, Literal
 
 from dynaconf import Dynaconf
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from service.redaction import MASK, MIN_SECRET_LENGTH, redact_url, url_password
 
 
 class ConfigurationError(RuntimeError):
@@ -127,10 +128,10 @@ class Settings(BaseModel):
             self.web_chat_token.get_secret_value(),
         ]
         for url in (self.rabbitmq_url, self.redis_url):
-            password = _url_password(url.get_secret_value())
+            password = url_password(url.get_secret_value())
             if password:
                 values.append(password)
-        return [value for value in values if len(value) >= 4]
+        return [value for value in values if len(value) >= MIN_SECRET_LENGTH]
 
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict fit for a log line: secrets masked, URL passwords removed."""
@@ -138,25 +139,10 @@ class Settings(BaseModel):
         for name, value in self.model_dump().items():
             if isinstance(value, SecretStr):
                 raw = value.get_secret_value()
-                shown[name] = redact_url(raw) if "://" in raw else ("***" if raw else "")
+                shown[name] = redact_url(raw) if "://" in raw else (MASK if raw else "")
             else:
                 shown[name] = value
         return shown
-
-
-_URL_CREDENTIALS = re.compile(
-    r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]*)@"
-)
-
-
-def _url_password(url: str) -> str:
-    match = _URL_CREDENTIALS.search(url)
-    return match.group("pw") if match else ""
-
-
-def redact_url(url: str) -> str:
-    """`amqp://user:secret@host/` → `amqp://user:***@host/`."""
-    return _URL_CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", url)
 
 
 def load_settings(
