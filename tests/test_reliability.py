@@ -414,3 +414,40 @@ async def test_a_burst_runs_each_conversations_requests_in_publish_order(rstack:
         assert [x.index(f"burst {c} ") for x in turns] and [
             next(i for i in range(3) if f"burst {c} {i} {t}" in x) for x in turns
         ] == [0, 1, 2], turns
+
+
+async def test_with_redis_a_copy_on_a_second_process_never_runs_twice(
+    fakes: Fakes, log_dir: Path
+) -> None:
+    """Two processes on one queue share run records through Redis: the broker connection of
+    the one running a request drops, the copy lands anywhere, the request still runs once."""
+    import redis.asyncio as aioredis
+
+    from tests.test_coordination import REDIS_URL
+
+    async with start_stack(fakes, log_dir, "responses", REDIS_URL=REDIS_URL) as stack:
+        second = ServiceProcess(stack.names, stack.service.env, log_dir / "second.log")
+        second.start()
+        try:
+            await stack.broker.wait_consumer(count=2, timeout=30)
+            t = tag()
+            fakes.openai.script(t, [[slow_text(30, 0.05)]])
+            body = stack.request(f"shared {t}", message_id=t)
+            await stack.broker.publish(body)
+            await fakes.on_loop(
+                fakes.hub.wait_for(lambda: len(fakes.hub.payloads(body["channel"])) >= 3, 10)
+            )
+            assert close_service_connections(stack.names) >= 2  # both processes' connections
+            event = await stack.broker.wait_event(body["message_id"], timeout=30)
+            assert event["event"] == "completed"
+            await stack.broker.wait_consumer(count=2, timeout=30)
+            await sentinel(stack, body["channel"])
+            assert len(stack.broker.events_for(body["message_id"])) == 1
+            assert len(model_turns(fakes, t)) == 1
+        finally:
+            second.stop()
+    client = aioredis.Redis.from_url(REDIS_URL)
+    keys = [key async for key in client.scan_iter(match=f"{stack.names.queue}:*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
