@@ -14,7 +14,10 @@ from faststream.exceptions import StartupValidationError
 from faststream.rabbit import Channel, RabbitBroker
 from faststream.specification import AsyncAPI
 
+from service.assistant.runner import Runner
 from service.config import ConfigurationError, Settings, load_settings
+from service.delivery import Deliveries
+from service.handlers.answer import RequestAnswers, StreamingOptions
 from service.handlers.chat import DeliveriesRef, chat_router
 from service.logs import configure_logging
 from service.observability import Observability
@@ -86,7 +89,7 @@ def create_app(
         title="chat-failed",
         description=FailedEvent.__doc__,
     )
-    runtime = Runtime(settings, observer=observability.telemetry)
+    runtime = Runtime(settings)
     observability.metrics.watch_runtime(runtime)
     readiness = Readiness(broker, runtime)
 
@@ -102,17 +105,33 @@ def create_app(
         )
         await broker.declare_exchange(topology.events_exchange)
         try:
-            ref.deliveries = await runtime.start(
-                ObservedEventPublisher(
-                    completed, failed, broker, telemetry=observability.telemetry
-                ),
-                # Cancels the consumer on its current channel (also after a reconnect).
-                stop_consuming=requests_subscriber.stop,
-            )
+            await runtime.start()
         except ConfigurationError as exc:
             # A clear line instead of a traceback: the message names the command to run.
             log.error("%s", exc)
             raise StartupValidationError() from None
+        assert runtime.backend is not None and runtime.hub is not None
+        assert runtime.coordinator is not None
+        answers = RequestAnswers(
+            runner=Runner(runtime.backend, run_timeout=settings.run_timeout),
+            hub=runtime.hub,
+            observer=observability.telemetry,
+            options=StreamingOptions(
+                flush_ms=settings.delta_flush_ms,
+                flush_chars=settings.delta_flush_chars,
+                hub_send_timeout=settings.hub_send_timeout,
+            ),
+        )
+        ref.deliveries = runtime.processor = Deliveries(
+            answers=answers,
+            events=ObservedEventPublisher(
+                completed, failed, broker, telemetry=observability.telemetry
+            ),
+            coordinator=runtime.coordinator,
+            max_deliveries=settings.max_deliveries,
+            # Cancels the consumer on its current channel (also after a reconnect).
+            stop_consuming=requests_subscriber.stop,
+        )
 
     async def drain_runs() -> None:
         # Before FastStream stops the consumer: stop deliveries, requeue what has not
