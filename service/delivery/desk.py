@@ -268,6 +268,10 @@ class Deliveries:
             return ticket
         held.state = HeldState.RUNNING
         await self.coordinator.record_start(held.message_id)
+        if held.stop is not None:
+            # Ended while its start was being recorded: it never reaches the model.
+            await self._refuse(held, held.stop)
+            return ticket
         held.run = asyncio.create_task(self._answers.answer(held))
         try:
             final = await held.run
@@ -289,16 +293,22 @@ class Deliveries:
                 turn = asyncio.ensure_future(held.turn.wait())
                 await asyncio.wait({turn, stopping}, return_when=asyncio.FIRST_COMPLETED)
                 turn.cancel()
-            if not held.stopping.is_set():
+            while not held.stopping.is_set():
                 await self.coordinator.join_turn(held.conversation_id, ticket)
                 shared = asyncio.ensure_future(
                     self.coordinator.wait_turn(held.conversation_id, ticket)
                 )
                 await asyncio.wait({shared, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                if shared.done():
-                    shared.result()
-                else:
+                if not shared.done():
                     shared.cancel()
+                    break
+                try:
+                    shared.result()
+                    break
+                except LookupError:
+                    # Our place was dropped (the lease lapsed while the store was away):
+                    # join again, at the back.
+                    log.warning("message_id=%s lost its place in line; rejoining", held.message_id)
         finally:
             stopping.cancel()
         if not held.stopping.is_set():
@@ -309,16 +319,20 @@ class Deliveries:
             await self._nack(held)
         else:
             assert held.stop is not None
-            held.state = HeldState.ENDING
-            event = await self._answers.refuse(
-                message_id=held.message_id,
-                channel=held.channel,
-                thread_id=held.conversation_id,
-                error=held.stop,
-            )
-            held.final = event
-            await self._finish(held, event)
+            await self._refuse(held, held.stop)
         return False
+
+    async def _refuse(self, held: Held, error: ServiceError) -> None:
+        """End a request that will not run: its error payload, its failed event, the ack."""
+        held.state = HeldState.ENDING
+        event = await self._answers.refuse(
+            message_id=held.message_id,
+            channel=held.channel,
+            thread_id=held.conversation_id,
+            error=error,
+        )
+        held.final = event
+        await self._finish(held, event)
 
     async def _finish(self, held: Held, final: FinalEvent) -> None:
         """Publish the one final event, record the run finished, then ack."""
