@@ -48,14 +48,15 @@ async def make(request: pytest.FixtureRequest) -> AsyncIterator[Factory]:
         return coordinator
 
     yield factory
-    for coordinator in made:
-        await coordinator.close()
-    if request.param == "redis":
-        client = Redis.from_url(REDIS_URL)
-        keys = [key async for key in client.scan_iter(match=f"{prefix}:*")]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
+    async with asyncio.timeout(20):
+        for coordinator in made:
+            await coordinator.close()
+        if request.param == "redis":
+            client = Redis.from_url(REDIS_URL)
+            keys = [key async for key in client.scan_iter(match=f"{prefix}:*")]
+            if keys:
+                await client.delete(*keys)
+            await client.aclose()
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float) -> float:

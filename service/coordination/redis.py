@@ -140,6 +140,7 @@ class RedisCoordinator:
         self._record_ms = max(int(record_ttl * 1000), self._lease_ms)
         self._poll = poll_interval
         self._heartbeat: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
         self._wakeups: dict[str, asyncio.Event] = {}
         self._scripts = {
             name: client.register_script(source)
@@ -193,20 +194,27 @@ class RedisCoordinator:
         self._heartbeat = asyncio.create_task(self._keep_alive(), name="coordination-lease")
 
     async def _keep_alive(self) -> None:
-        while True:
-            await asyncio.sleep(self._lease_ms / 3000)
+        # Stopped by an event, never cancelled mid-command (a redis-py connection cancelled
+        # inside a command is left in a state that can hang its pool's close).
+        while not self._stopped.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._lease_ms / 3000):
+                    await self._stopped.wait()
+            if self._stopped.is_set():
+                return
             try:
                 await self._redis.set(self._owner_key(self.owner), "1", px=self._lease_ms)
             except (RedisError, OSError) as exc:
                 log.warning("could not renew the coordination lease: %s", type(exc).__name__)
 
     async def close(self) -> None:
+        self._stopped.set()
         if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(self._heartbeat, timeout=5)
             self._heartbeat = None
-        await self._redis.aclose()
+        with contextlib.suppress(TimeoutError, RedisError, OSError):
+            await asyncio.wait_for(self._redis.aclose(), timeout=5)
 
     # -- run records -------------------------------------------------------------------------
 
