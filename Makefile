@@ -33,9 +33,10 @@ format: $(STAMP)  ## apply ruff's formatting and fixes
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: $(STAMP)  ## lint, type-check, then the whole suite against the real RabbitMQ
+test: $(STAMP)  ## lint, type-check, then the whole suite against the real RabbitMQ (and Redis)
 	scripts/ensure-rabbitmq.sh
 	scripts/hub.sh install
+	scripts/ensure-redis.sh
 	$(MAKE) --no-print-directory lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
