@@ -439,6 +439,23 @@ async def test_a_fresh_publish_of_a_finished_message_id_runs_again() -> None:
     assert len(process.events.for_id(raw.mid)) == 2
 
 
+async def test_a_fresh_publish_arriving_while_the_first_one_is_being_acked_runs_again() -> None:
+    process = await Process(LocalStore()).open()
+    process.events.fail_events = 1  # holds the first one in its publishing step for a while
+    raw = FakeDelivery(request(conv()), process.journal)
+    process.answers.gate(raw.mid).set()
+    first = process.take(raw)
+    await until(lambda: process.deliveries.held.get(raw.mid) is not None)
+    await until(lambda: process.deliveries.held.get(raw.mid).final is not None)  # type: ignore[union-attr]
+    again = FakeDelivery(dict(raw.body), process.journal)
+    assert isinstance(process.deliver(again), Accepted)
+    process.settle(again)
+    await within(asyncio.gather(first, *process.tasks))
+    assert len(process.events.for_id(raw.mid)) == 2
+    assert [h for h, _ in process.journal].count("run") == 2
+    assert raw.settled == ["ack"] and again.settled == ["ack"]
+
+
 # -- item 3: nothing hangs unacked ---------------------------------------------------------
 
 

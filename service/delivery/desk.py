@@ -129,10 +129,13 @@ class Deliveries:
         else:
             message_id = request.message_id or raw.message_id or f"msg_{uuid.uuid4().hex}"
             original = self.held.get(message_id)
-            if original is not None:
+            if original is not None and (raw.redelivered or original.final is None):
+                # Redelivered, or published again while the first still runs: a copy.
                 arrival = Copy(raw, original)
             else:
                 held = Held(request, raw, message_id, self._queue.reserve(request.conversation_id))
+                # Published again once the first had its final event: a deliberate retry.
+                held.retry = original is not None
                 self.held.add(held)
                 arrival = Accepted(held)
         self._arrivals[id(raw)] = arrival
@@ -246,7 +249,9 @@ class Deliveries:
                     # every replica); this copy only waits for that run's end.
                     held.stopping.clear()
                     held.stop = None
-                claim = await self.coordinator.claim_run(held.message_id, redelivered=True)
+                claim = await self.coordinator.claim_run(
+                    held.message_id, redelivered=not held.retry
+                )
             if claim.status == "claimed":
                 # Its first run died with its process: this copy runs it, at the back of the line.
                 held.turn = self._queue.reserve(held.conversation_id)

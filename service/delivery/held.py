@@ -37,6 +37,8 @@ class Held:
     state: HeldState = HeldState.WAITING
     stop: ServiceError | None = None
     """Why it is being ended early (cancel, interrupt, shutdown after the grace period)."""
+    retry: bool = False
+    """Published again (not redelivered) after the first run of its message_id had ended."""
     returning: bool = False
     """Shutdown: back to the queue untouched (only while waiting)."""
     run: asyncio.Task[FinalEvent] | None = None
