@@ -394,11 +394,16 @@ async def test_a_copy_on_another_process_waits_for_the_live_run_and_never_runs()
     await until(running(a, raw.mid))
     copy = raw.copy()
     b_task = b.take(copy)
-    await asyncio.sleep(0.1)  # b polls the run record meanwhile: it must not run it
-    assert not b.journal and not b_task.done()
+    # A sentinel on b runs to its end while b's copy polls the run record: it must not run.
+    sentinel = FakeDelivery(request(conv()), b.journal)
+    b.answers.gate(sentinel.mid).set()
+    await within(b.take(sentinel))
+    await asyncio.sleep(0.05)  # a few more polls of the copy (poll interval 0.02 s)
+    assert b.journal == [("run", sentinel.mid), ("event", sentinel.mid), ("ack", sentinel.mid)]
+    assert not b_task.done()
     a.answers.gate(raw.mid).set()
     await within(b_task)
-    assert copy.settled == ["ack"] and not b.events.events
+    assert copy.settled == ["ack"] and len(b.events.events) == 1  # the sentinel's
     assert len(a.events.events) == 1
 
 
@@ -527,7 +532,10 @@ async def test_one_run_at_a_time_per_conversation() -> None:
     process.take(first)
     process.take(second)
     await until(running(process, first.mid))
-    await asyncio.sleep(0.05)  # the second must still be waiting
+    # A sentinel on another conversation runs to its end: the second had every chance to start.
+    sentinel = FakeDelivery(request(conv()), process.journal)
+    process.answers.gate(sentinel.mid).set()
+    await within(process.take(sentinel))
     assert not running(process, second.mid)()
     held = process.deliveries.held.get(second.mid)
     assert held is not None and held.state is HeldState.WAITING
