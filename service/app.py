@@ -96,6 +96,14 @@ def create_app(
     async def declare_and_start() -> None:
         configure_logging(settings)
         log.info("starting with settings %s", settings.redacted())
+        # Clients first: a setting that cannot work stops the service before it touches the
+        # broker.
+        try:
+            await runtime.start()
+        except ConfigurationError as exc:
+            # A clear line instead of a traceback: the message names the command to run.
+            log.error("%s", exc)
+            raise StartupValidationError() from None
         await broker.connect()
         # Declared before consuming starts, so a dead-lettered request always has a home.
         await broker.declare_exchange(topology.dead_letter_exchange)
@@ -104,12 +112,6 @@ def create_app(
             topology.dead_letter_exchange.name, routing_key=topology.failed_queue.routing()
         )
         await broker.declare_exchange(topology.events_exchange)
-        try:
-            await runtime.start()
-        except ConfigurationError as exc:
-            # A clear line instead of a traceback: the message names the command to run.
-            log.error("%s", exc)
-            raise StartupValidationError() from None
         assert runtime.backend is not None and runtime.hub is not None
         assert runtime.coordinator is not None
         answers = RequestAnswers(

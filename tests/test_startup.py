@@ -172,3 +172,21 @@ async def test_topology_is_declared_and_a_second_start_works(fakes: Fakes, log_d
         body["message_id"] = f"second-{ServiceNames.fresh().prefix}"
         await stack.broker.publish(body)
         assert (await stack.broker.wait_event(body["message_id"]))["event"] == "completed"
+
+
+def test_an_unwritable_state_dir_stops_the_service_with_a_clear_line(tmp_path: Path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    env = {**os.environ, "STATE_DIR": str(blocked / "state"), "HTTP_PORT": "0"}
+    env["RABBITMQ_URL"] = "amqp://guest:guest@127.0.0.1:1/"  # never reached
+    env["QUEUE_NAME"] = f"{ServiceNames.fresh().prefix}_requests"
+    done = subprocess.run(
+        [sys.executable, "-m", "faststream", "run", "service.app:app"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "STATE_DIR" in done.stderr + done.stdout

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+from service.config import ConfigurationError
 from service.coordination import Claim
 
 if TYPE_CHECKING:
@@ -187,7 +188,13 @@ class LocalCoordinator:
     def from_settings(cls, settings: Settings) -> LocalCoordinator:
         journal = None
         if settings.state_dir:
-            journal = Journal.open(Path(settings.state_dir), settings.queue_name)
+            try:
+                journal = Journal.open(Path(settings.state_dir), settings.queue_name)
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"STATE_DIR {settings.state_dir!r} is not writable ({exc.strerror}): set "
+                    "STATE_DIR to a writable directory, or empty to keep delivery state in memory"
+                ) from None
         return cls(LocalStore(max_bytes=settings.state_max_bytes, journal=journal))
 
     @property
