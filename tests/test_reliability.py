@@ -202,6 +202,7 @@ async def test_dropped_stream_after_text_ends_with_one_error_and_no_duplicate_te
     assert len(finals(payloads)) == 1 and payloads[-1]["type"] == "error"
     streamed = "".join(p.get("delta") or "" for p in payloads if p["type"] == "response")
     assert streamed == "half an answer"
+    assert event["text"] == "half an answer"  # what the user saw, on the failed event (§6)
 
 
 async def test_server_errors_exhaust_retries_with_upstream_error(stack: Stack) -> None:

@@ -109,6 +109,7 @@ class RequestAnswers:
             message=outcome.message,
             retryable=outcome.retryable,
             occurred_at=finished_at,
+            text=streamer.sent_text,
         )
 
     async def refuse(
