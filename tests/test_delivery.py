@@ -617,3 +617,81 @@ async def test_ending_a_running_request_cancels_its_run_and_acks_after_one_event
     assert isinstance(event, FailedEvent) and event.code is ErrorCode.CANCELLED
     assert not event.retryable
     assert raw.settled == ["ack"]
+
+
+# -- the cancel path through the real final-event assembly ----------------------------------
+
+
+class ListHub:
+    """A hub that keeps the payloads it is given."""
+
+    payload_mode = "full"
+
+    def __init__(self) -> None:
+        self.payloads: list[dict[str, Any]] = []
+
+    def subscribe(self, channel: str) -> None:
+        pass
+
+    def send(self, channel: str, payload: dict[str, Any]) -> None:
+        self.payloads.append(payload)
+
+    def unsubscribe(self, channel: str) -> None:
+        pass
+
+    async def drain(self, channel: str, timeout: float) -> bool:
+        return True
+
+
+class HalfAnswer:
+    """A backend that streams some text, then waits until it is cancelled."""
+
+    def __init__(self) -> None:
+        self.closed = asyncio.Event()
+
+    async def run(self, thread_id: str, message: str, handler: Any, *, text_started: Any) -> Any:
+        await handler.on_text_delta("half an ")
+        await handler.on_text_delta("answer")
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self.closed.set()
+
+
+async def test_a_cancelled_run_closes_its_stream_and_ends_with_the_cancel_and_its_text() -> None:
+    from service.assistant.runner import Runner
+    from service.handlers.answer import RequestAnswers, StreamingOptions
+
+    hub, backend, journal = ListHub(), HalfAnswer(), []
+    events = RecordingEvents(journal)
+    coordinator = LocalCoordinator(LocalStore())
+    await coordinator.open()
+    deliveries = Deliveries(
+        answers=RequestAnswers(
+            runner=Runner(backend, run_timeout=30),
+            hub=hub,
+            options=StreamingOptions(flush_ms=0, flush_chars=1, hub_send_timeout=1),
+        ),
+        events=events,
+        coordinator=coordinator,
+    )
+    raw = FakeDelivery(request(conv()), journal)
+    deliveries.arrive(ChatRequest.model_validate(raw.body), raw)  # type: ignore[arg-type]
+    task = asyncio.create_task(deliveries.settle(raw))  # type: ignore[arg-type]
+    await until(lambda: any(p.get("delta") == "answer" for p in hub.payloads))
+    (held,) = deliveries.held.matching(message_id=raw.mid)
+    cancelled = ServiceError(ErrorCode.CANCELLED, "Cancelled by the user", retryable=False)
+    assert deliveries.end(held, cancelled)
+    await within(task)
+    assert backend.closed.is_set()  # the model stream was closed
+    final = hub.payloads[-1]
+    assert final["final_message"] and final["error"] == {"code": "cancelled", "retryable": False}
+    assert [p["final_message"] for p in hub.payloads].count(True) == 1
+    (event,) = events.events
+    assert isinstance(event, FailedEvent)
+    assert (event.code, event.retryable, event.text) == (
+        ErrorCode.CANCELLED,
+        False,
+        "half an answer",
+    )
+    assert raw.settled == ["ack"] and journal[-2:] == [("event", raw.mid), ("ack", raw.mid)]

@@ -314,6 +314,7 @@ class Deliveries:
                     # Our place was dropped (the lease lapsed while the store was away):
                     # join again, at the back.
                     log.warning("message_id=%s lost its place in line; rejoining", held.message_id)
+                    await _wait(held.stopping, 0.5)  # the lease is renewed meanwhile
         finally:
             stopping.cancel()
         if not held.stopping.is_set():

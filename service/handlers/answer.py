@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from service.assistant.events import RunResult
+from service.assistant.events import RunEventHandler, RunResult, ToolCall, ToolOutcome
 from service.assistant.runner import Runner
 from service.delivery.held import FinalEvent, Held
 from service.errors import ServiceError
@@ -63,11 +63,12 @@ class RequestAnswers:
         try:
             streamer.start()
             # Milestone logs (accepted, first token, tools, final) come from the observer.
-            handler = (
+            observed = (
                 self._observer.observe(streamer, message_id=message_id, thread_id=thread_id)
                 if self._observer is not None
                 else streamer
             )
+            handler = _EndedEarly(observed, held)
             outcome = await self._runner.run(
                 thread_id, request.message, handler, text_started=lambda: streamer.text_started
             )
@@ -135,6 +136,37 @@ class RequestAnswers:
             retryable=error.retryable,
             occurred_at=time.time(),
         )
+
+
+class _EndedEarly(RunEventHandler):
+    """Passes every event on; a run cancelled because the request was ended early reports the
+    reason it was ended with (e.g. a user's `cancelled`, not retryable) instead of the generic
+    cancellation the runner sees."""
+
+    def __init__(self, inner: RunEventHandler, held: Held) -> None:
+        self._inner = inner
+        self._held = held
+
+    async def on_run_started(self, run_id: str | None) -> None:
+        await self._inner.on_run_started(run_id)
+
+    async def on_tool_call_started(self, call: ToolCall) -> None:
+        await self._inner.on_tool_call_started(call)
+
+    async def on_tool_call_finished(self, outcome: ToolOutcome) -> None:
+        await self._inner.on_tool_call_finished(outcome)
+
+    async def on_text_delta(self, delta: str) -> None:
+        await self._inner.on_text_delta(delta)
+
+    async def on_completed(self, result: RunResult) -> None:
+        await self._inner.on_completed(result)
+
+    async def on_failed(self, error: ServiceError) -> None:
+        stop = self._held.stop
+        if stop is not None and error.code is ErrorCode.CANCELLED:
+            error = stop
+        await self._inner.on_failed(error)
 
 
 async def _final_payload(streamer: HubStreamer, error: ServiceError) -> None:
