@@ -4,16 +4,19 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test lint format typecheck demo chat docs docs-serve bench \
+.PHONY: help install lock run test lint format typecheck demo chat docs docs-serve bench \
         assistant-create assistant-delete thread-create clean hub hub-stop
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+# requirements.lock pins every package (dev tools and uvloop included) to what was measured.
+LOCK := requirements.lock
+
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -c $(LOCK) -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install the service with its dev tools
@@ -30,9 +33,10 @@ format: $(STAMP)  ## apply ruff's formatting and fixes
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: $(STAMP)  ## lint, type-check, then the whole suite against the real RabbitMQ
+test: $(STAMP)  ## lint, type-check, then the whole suite against the real RabbitMQ (and Redis)
 	scripts/ensure-rabbitmq.sh
 	scripts/hub.sh install
+	scripts/ensure-redis.sh
 	$(MAKE) --no-print-directory lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
@@ -50,8 +54,17 @@ docs-serve: $(STAMP)  ## serve docs/asyncapi.yaml on http://localhost:8000 (DOCS
 	$(VENV)/bin/faststream docs serve docs/asyncapi.yaml --port $(or $(DOCS_PORT),8000)
 
 $(VENV)/.bench: $(STAMP)
-	$(PY) -m pip install -q -e ".[dev,bench]"
+	$(PY) -m pip install -q -c $(LOCK) -e ".[dev,bench]"
 	touch $(VENV)/.bench
+
+lock:  ## re-resolve the dependencies into requirements.lock (after editing pyproject.toml)
+	rm -rf .lock-venv && python3 -m venv .lock-venv
+	.lock-venv/bin/pip install -q --upgrade pip
+	.lock-venv/bin/pip install -q ".[dev,bench]"
+	{ echo "# Every package CI installs (make install / make bench), exact versions: pip's constraints."; \
+	  echo "# Regenerate after changing dependencies in pyproject.toml: make lock"; \
+	  .lock-venv/bin/pip freeze | grep -v '^assistant-streaming-service'; } > $(LOCK)
+	rm -rf .lock-venv
 
 bench: $(VENV)/.bench  ## the benchmark (see README "Performance")
 	scripts/ensure-rabbitmq.sh

@@ -8,15 +8,17 @@ Importing this module reads settings but opens no connection.
 from __future__ import annotations
 
 import logging
-import re
 from typing import TYPE_CHECKING, cast
 
 from faststream.exceptions import StartupValidationError
 from faststream.rabbit import Channel, RabbitBroker
 from faststream.specification import AsyncAPI
 
+from service.assistant.runner import Runner
 from service.config import ConfigurationError, Settings, load_settings
-from service.handlers.chat import ProcessorRef, chat_router
+from service.delivery import Deliveries
+from service.handlers.answer import RequestAnswers, StreamingOptions
+from service.handlers.chat import DeliveriesRef, chat_router
 from service.logs import configure_logging
 from service.observability import Observability
 from service.observability.asyncapi import asyncapi_document
@@ -24,9 +26,9 @@ from service.observability.health import Readiness
 from service.observability.http import http_routes
 from service.observability.milestones import ObservedEventPublisher
 from service.observability.server import HttpFastStream
+from service.redaction import without_credentials
 from service.runtime import Runtime
 from service.schemas import CompletedEvent, FailedEvent
-from service.sinks.requeue import Requeuer
 from service.topology import Topology
 
 if TYPE_CHECKING:
@@ -55,16 +57,20 @@ def create_app(
         client_properties=cast(
             "RabbitClientProperties", {"name": f"assistant-service {settings.queue_name}"}
         ),
-        graceful_timeout=settings.shutdown_grace,
+        # No wait inside FastStream's own stop: `drain_runs` (below) has ended every held
+        # request by then, within SHUTDOWN_GRACE, and FastStream's wait would only hold up the
+        # consumer's cancel (returned requests would bounce back to this process).
+        graceful_timeout=None,
         middlewares=observability.broker_middlewares(),
         # A plain logger that propagates: FastStream's "Received"/"Processed" lines (with
         # exchange, queue and message_id as fields) go through the service's log handler.
         logger=logging.getLogger("faststream.access.rabbit"),
         description=SERVER_DESCRIPTION,
-        specification_url=_without_credentials(settings.rabbitmq_url.get_secret_value()),
+        specification_url=without_credentials(settings.rabbitmq_url.get_secret_value()),
     )
-    ref = ProcessorRef()
-    broker.include_router(chat_router(topology, ref))
+    ref = DeliveriesRef()
+    router, requests_subscriber = chat_router(topology, ref)
+    broker.include_router(router)
     completed = broker.publisher(
         exchange=topology.events_exchange,
         routing_key=topology.completed_routing_key,
@@ -83,13 +89,21 @@ def create_app(
         title="chat-failed",
         description=FailedEvent.__doc__,
     )
-    runtime = Runtime(settings, observer=observability.telemetry)
+    runtime = Runtime(settings)
     observability.metrics.watch_runtime(runtime)
     readiness = Readiness(broker, runtime)
 
     async def declare_and_start() -> None:
         configure_logging(settings)
         log.info("starting with settings %s", settings.redacted())
+        # Clients first: a setting that cannot work stops the service before it touches the
+        # broker.
+        try:
+            await runtime.start()
+        except ConfigurationError as exc:
+            # A clear line instead of a traceback: the message names the command to run.
+            log.error("%s", exc)
+            raise StartupValidationError() from None
         await broker.connect()
         # Declared before consuming starts, so a dead-lettered request always has a home.
         await broker.declare_exchange(topology.dead_letter_exchange)
@@ -98,24 +112,35 @@ def create_app(
             topology.dead_letter_exchange.name, routing_key=topology.failed_queue.routing()
         )
         await broker.declare_exchange(topology.events_exchange)
-        try:
-            ref.processor = await runtime.start(
-                ObservedEventPublisher(
-                    completed, failed, broker, telemetry=observability.telemetry
-                ),
-                Requeuer(broker, topology.requests_exchange, settings.routing_key),
-            )
-        except ConfigurationError as exc:
-            # A clear line instead of a traceback: the message names the command to run.
-            log.error("%s", exc)
-            raise StartupValidationError() from None
+        assert runtime.backend is not None and runtime.hub is not None
+        assert runtime.coordinator is not None
+        answers = RequestAnswers(
+            runner=Runner(runtime.backend, run_timeout=settings.run_timeout),
+            hub=runtime.hub,
+            observer=observability.telemetry,
+            options=StreamingOptions(
+                flush_ms=settings.delta_flush_ms,
+                flush_chars=settings.delta_flush_chars,
+                hub_send_timeout=settings.hub_send_timeout,
+            ),
+        )
+        ref.deliveries = runtime.processor = Deliveries(
+            answers=answers,
+            events=ObservedEventPublisher(
+                completed, failed, broker, telemetry=observability.telemetry
+            ),
+            coordinator=runtime.coordinator,
+            max_deliveries=settings.max_deliveries,
+            # Cancels the consumer on its current channel (also after a reconnect).
+            stop_consuming=requests_subscriber.stop,
+        )
 
     async def drain_runs() -> None:
         # Before FastStream stops the consumer: stop deliveries, requeue what has not
         # started, let runs finish within SHUTDOWN_GRACE, cancel the rest (each still gets
         # its final payload, final event and ack).
-        if ref.processor is not None:
-            await ref.processor.shutdown(settings.shutdown_grace)
+        if ref.deliveries is not None:
+            await ref.deliveries.shutdown(settings.shutdown_grace)
 
     async def stop_clients() -> None:
         await runtime.stop()
@@ -141,11 +166,6 @@ def create_app(
     for path, route in routes:
         app.mount(path, route)
     return app
-
-
-def _without_credentials(url: str) -> str:
-    """`amqp://user:secret@host:5672/` → `amqp://host:5672/`, for the AsyncAPI server entry."""
-    return re.sub(r"(?<=://)[^@/\s]*@", "", url)
 
 
 app = create_app()

@@ -32,7 +32,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.typing import Subprotocol
 
-from service.config import Settings, redact_url
+from service.config import Settings
+from service.redaction import redact_url
 from service.runtime import openai_client
 from service.sinks.hub import nchan_subscriber_url
 

@@ -5,19 +5,23 @@ Code receives a `Settings`; nothing else in the service reads the environment.
 
 from __future__ import annotations
 
-import re
+import os
 from pathlib import Path
 from typing import Any, Literal
 
 from dynaconf import Dynaconf
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from service.redaction import MASK, MIN_SECRET_LENGTH, redact_url, url_password
+
 
 class ConfigurationError(RuntimeError):
     """The settings cannot work; the message says what to change or run."""
 
 
-DEFAULT_SETTINGS_FILE = Path(__file__).resolve().parent.parent / "settings.toml"
+# Package data (a link to the top-level settings.toml in a source checkout), so an installed
+# service finds its defaults wherever it runs. SETTINGS_FILE in the environment names another.
+DEFAULT_SETTINGS_FILE = Path(__file__).resolve().parent / "settings.toml"
 
 
 class Settings(BaseModel):
@@ -64,6 +68,12 @@ class Settings(BaseModel):
 
     queue_type: Literal["classic", "quorum"] = "classic"
     redis_url: SecretStr = SecretStr("")
+
+    # Delivery state (service/coordination): see settings.toml "Delivery state".
+    state_dir: str = ".state"
+    state_max_bytes: int = Field(4_000_000, ge=10_000)
+    lease_ttl: float = Field(5, gt=0)
+    run_record_ttl: float = Field(3600, gt=0)
 
     on_busy: Literal["enqueue", "reject", "interrupt", "rollback"] = "enqueue"
     openai_background: bool = False
@@ -118,10 +128,10 @@ class Settings(BaseModel):
             self.web_chat_token.get_secret_value(),
         ]
         for url in (self.rabbitmq_url, self.redis_url):
-            password = _url_password(url.get_secret_value())
+            password = url_password(url.get_secret_value())
             if password:
                 values.append(password)
-        return [value for value in values if len(value) >= 4]
+        return [value for value in values if len(value) >= MIN_SECRET_LENGTH]
 
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict fit for a log line: secrets masked, URL passwords removed."""
@@ -129,25 +139,10 @@ class Settings(BaseModel):
         for name, value in self.model_dump().items():
             if isinstance(value, SecretStr):
                 raw = value.get_secret_value()
-                shown[name] = redact_url(raw) if "://" in raw else ("***" if raw else "")
+                shown[name] = redact_url(raw) if "://" in raw else (MASK if raw else "")
             else:
                 shown[name] = value
         return shown
-
-
-_URL_CREDENTIALS = re.compile(
-    r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]*)@"
-)
-
-
-def _url_password(url: str) -> str:
-    match = _URL_CREDENTIALS.search(url)
-    return match.group("pw") if match else ""
-
-
-def redact_url(url: str) -> str:
-    """`amqp://user:secret@host/` → `amqp://user:***@host/`."""
-    return _URL_CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", url)
 
 
 def load_settings(
@@ -161,8 +156,12 @@ def load_settings(
     Only the settings named by `Settings` are taken; the rest of the environment is ignored.
     """
     dotenv_path = Path(dotenv_dir or Path.cwd()) / ".env"
+    path = Path(settings_file or os.environ.get("SETTINGS_FILE") or DEFAULT_SETTINGS_FILE)
+    if not path.is_file():
+        # Never run silently on the Python defaults: they are not the documented ones.
+        raise ConfigurationError(f"settings file {path} not found (set SETTINGS_FILE)")
     source = Dynaconf(
-        settings_files=[str(settings_file or DEFAULT_SETTINGS_FILE)],
+        settings_files=[str(path)],
         environments=False,
         envvar_prefix=False,
         load_dotenv=True,

@@ -1,6 +1,8 @@
 """The long-lived clients of one service process, built from settings, started and stopped once.
 
 Nothing here touches the network until `start()`: importing the app stays side-effect free.
+What the clients are connected to (the delivery layer, the publishers) is wired in one place,
+`service.app.create_app`.
 """
 
 from __future__ import annotations
@@ -14,11 +16,10 @@ from openai import AsyncOpenAI
 
 from service.assistant.responses import AssistantSpec, ResponsesBackend
 from service.assistant.retry import RetryPolicy
-from service.assistant.runner import Backend, Runner
+from service.assistant.runner import Backend
 from service.config import Settings
-from service.handlers.processor import Republish, RequestProcessor, StreamingOptions
-from service.observability.milestones import RunObserver
-from service.sinks.events import EventPublisher
+from service.coordination import Coordinator, coordinator_for
+from service.delivery import Deliveries
 from service.sinks.hub import BufferedHub, hub_from_settings
 from service.tools import ToolConfig, ToolRegistry
 
@@ -79,18 +80,22 @@ class PooledTransport(httpx2.AsyncBaseTransport):
 
 
 class Runtime:
-    """Owns the HTTP client, the OpenAI client, the hub connection and the request processor."""
+    """Owns the HTTP client, the OpenAI client (the backend), the hub connection and the
+    coordinator of one process; `processor` is the delivery layer the app wires to them."""
 
-    def __init__(self, settings: Settings, observer: RunObserver | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.observer = observer
-        self.processor: RequestProcessor | None = None
+        self.processor: Deliveries | None = None
         self.hub: BufferedHub | None = None
+        self.coordinator: Coordinator | None = None
+        self.backend: Backend | None = None
         self._http: httpx2.AsyncClient | None = None
         self._openai: AsyncOpenAI | None = None
 
-    async def start(self, events: EventPublisher, republish: Republish) -> RequestProcessor:
+    async def start(self) -> None:
         s = self.settings
+        self.coordinator = coordinator_for(s)
+        await self.coordinator.open()
         limits = httpx2.Limits(
             max_connections=None, max_keepalive_connections=s.max_concurrency * 2
         )
@@ -105,26 +110,12 @@ class Runtime:
             ),
         )
         toolbox = ToolRegistry.from_config(tool_config(s), self._http)
-        backend = self._backend(toolbox)
+        self.backend = self._backend(toolbox)
         self.hub = hub_from_settings(s)
         await self.hub.start(connect_timeout=2.0)
         # Everything built so far lives as long as the process: keep it out of the collector's
         # sight, or full collections walking it cost 100-150 ms pauses under load (bench (a)).
         gc.freeze()
-        self.processor = RequestProcessor(
-            runner=Runner(backend, run_timeout=s.run_timeout),
-            hub=self.hub,
-            events=events,
-            republish=republish,
-            observer=self.observer,
-            max_deliveries=s.max_deliveries,
-            options=StreamingOptions(
-                flush_ms=s.delta_flush_ms,
-                flush_chars=s.delta_flush_chars,
-                hub_send_timeout=s.hub_send_timeout,
-            ),
-        )
-        return self.processor
 
     def _backend(self, toolbox: ToolRegistry) -> Backend:
         s = self.settings
@@ -149,6 +140,8 @@ class Runtime:
         )
 
     async def stop(self) -> None:
+        if self.coordinator is not None:
+            await self.coordinator.close()
         if self.hub is not None:
             await self.hub.close(flush_timeout=self.settings.hub_send_timeout)
         if self._openai is not None:

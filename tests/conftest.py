@@ -19,7 +19,14 @@ from tests.fakes.background import BackgroundLoop
 from tests.fakes.hub import RecordingHub
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.script import tool_outputs
-from tests.harness import Broker, ServiceNames, ServiceProcess, running_service, service_env
+from tests.harness import (
+    RABBITMQ_URL,
+    Broker,
+    ServiceNames,
+    ServiceProcess,
+    running_service,
+    service_env,
+)
 
 T = TypeVar("T")
 
@@ -133,12 +140,13 @@ async def stack(
 
 
 def start_stack(fakes: Fakes, log_dir: Path, backend: str = "responses", **env: Any) -> Any:
+    """A service (and the test's client) on the machine's broker, or on `RABBITMQ_URL=...`."""
     import contextlib
 
     @contextlib.asynccontextmanager
     async def _stack() -> AsyncIterator[Stack]:
         names = ServiceNames.fresh(backend[:4])
-        broker = await Broker.open(names)
+        broker = await Broker.open(names, env.get("RABBITMQ_URL", RABBITMQ_URL))
         try:
             environment = service_env(names, fakes.urls(), **backend_env(backend), **env)
             async with running_service(names, environment, log_dir, broker) as service:

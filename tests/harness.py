@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -24,6 +25,8 @@ import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 ROOT = Path(__file__).resolve().parent.parent
+# The services' delivery journals (STATE_DIR): one file per queue name, removed by cleanup().
+STATE_DIR = Path(tempfile.gettempdir()) / "assistant-service-test-state"
 RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
 SECRET_KEY = "sk-test-SECRET-4f7c9e2a"
 
@@ -145,6 +148,7 @@ def service_env(names: ServiceNames, urls: Mapping[str, str], **overrides: Any) 
             "PYTHONUNBUFFERED": "1",
             # Several services run at once: each HTTP server takes a free port (see the log).
             "HTTP_PORT": "0",
+            "STATE_DIR": str(STATE_DIR),
         }
     )
     env.update(urls)
@@ -164,8 +168,8 @@ class Broker:
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
-    async def open(cls, names: ServiceNames) -> Broker:
-        connection = await aio_pika.connect_robust(RABBITMQ_URL)
+    async def open(cls, names: ServiceNames, url: str = RABBITMQ_URL) -> Broker:
+        connection = await aio_pika.connect_robust(url)
         broker = cls(names, connection)
         await broker._listen_events()
         return broker
@@ -295,6 +299,8 @@ class Broker:
             if channel.is_closed:
                 channel = await self.connection.channel()
         await self.connection.close()
+        for journal in STATE_DIR.glob(f"{self.names.queue}*.journal"):
+            journal.unlink(missing_ok=True)
 
 
 def close_service_connections(names: ServiceNames) -> int:

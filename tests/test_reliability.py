@@ -6,15 +6,17 @@ loops."""
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
-import subprocess
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import pytest
 
+from tests import rabbit_node
 from tests.conftest import Fakes, Stack, start_stack
 from tests.fakes.script import Drop, HttpError, Stall, Text
 from tests.harness import ServiceProcess, close_service_connections
@@ -67,7 +69,7 @@ async def test_request_in_flight_when_the_connection_drops_ends_exactly_once(
 ) -> None:
     t = tag()
     rstack.fakes.openai.script(t, [[slow_text(30, 0.05)]])
-    body = rstack.request(f"long answer {t}", message_id=f"m-{t}")
+    body = rstack.request(f"long answer {t}", message_id=t)
     await rstack.broker.publish(body)
     await rstack.fakes.on_loop(
         rstack.fakes.hub.wait_for(lambda: len(rstack.fakes.hub.payloads(body["channel"])) >= 3, 10)
@@ -76,8 +78,10 @@ async def test_request_in_flight_when_the_connection_drops_ends_exactly_once(
 
     payloads = await rstack.fakes.hub_final(body["channel"], timeout=30)
     event = await rstack.broker.wait_event(body["message_id"], timeout=30)
-    await asyncio.sleep(2)  # room for a wrong second run or a duplicate event to show up
-    payloads = rstack.fakes.hub.payloads(body["channel"])
+    # A wrong second run or duplicate event would come before this sentinel's, which waits
+    # behind the redelivered copy on the same conversation.
+    await sentinel(rstack, body["channel"])
+    payloads = [p for p in rstack.fakes.hub.payloads(body["channel"]) if p["message_id"] == t]
     assert len(finals(payloads)) == 1
     assert [p["status"] for p in payloads].count("started") == 1
     assert len(rstack.broker.events_for(body["message_id"])) == 1
@@ -93,26 +97,36 @@ async def test_request_in_flight_when_the_connection_drops_ends_exactly_once(
     assert ready == 0 and consumers == 1
 
 
-async def test_close_all_connections_mid_stream_still_ends_once(rstack: Stack) -> None:
-    """The operator's blunt instrument: every connection on the broker, ours included."""
-    t = tag()
-    rstack.fakes.openai.script(t, [[slow_text(30, 0.05)]])
-    body = rstack.request(f"close all {t}", message_id=f"m-{t}")
-    await rstack.broker.publish(body)
-    await rstack.fakes.on_loop(
-        rstack.fakes.hub.wait_for(lambda: len(rstack.fakes.hub.payloads(body["channel"])) >= 3, 10)
-    )
-    await asyncio.to_thread(_rabbitmqctl, "close_all_connections", "fault test")
-    await rstack.fakes.hub_final(body["channel"], timeout=30)
-    event = await rstack.broker.wait_event(body["message_id"], timeout=60)
-    assert event["event"] == "completed"
-    await rstack.broker.wait_consumer(timeout=60)
-    await asyncio.sleep(1)
-    assert len(finals(rstack.fakes.hub.payloads(body["channel"]))) == 1
-    assert len(rstack.broker.events_for(body["message_id"])) == 1
-    after = rstack.request(f"after close all {t}", message_id=f"n-{t}")
-    await rstack.broker.publish(after)
-    assert (await rstack.broker.wait_event(after["message_id"], timeout=30))["event"] == "completed"
+async def test_shutdown_after_a_reconnect_returns_waiting_requests_without_bouncing(
+    fakes: Fakes, log_dir: Path
+) -> None:
+    """After the broker dropped the service's connection, SIGTERM must cancel the consumer of
+    the new connection: the returned requests wait in the queue, not bounce back to us."""
+    async with start_stack(fakes, log_dir, "responses", SHUTDOWN_GRACE=3) as stack:
+        assert close_service_connections(stack.names) >= 1
+        await stack.broker.wait_consumer(timeout=30)
+        t = tag()
+        channel = stack.new_thread()
+        fakes.openai.script(f"slow {t}", [[slow_text(40, 0.05)]])
+        slow = stack.request(f"slow {t}", channel, message_id=f"s-{t}")
+        waiting = [stack.request(f"wait {i} {t}", channel, message_id=f"w{i}-{t}") for i in (1, 2)]
+        for body in (slow, *waiting):
+            await stack.broker.publish(body, message_id=body["message_id"])
+        await fakes.on_loop(fakes.hub.wait_for(lambda: len(fakes.hub.payloads(channel)) >= 3, 10))
+        stack.service.signal(signal.SIGTERM)
+        assert await asyncio.to_thread(stack.service.wait, 30) == 0
+        assert (await stack.broker.wait_event(slow["message_id"]))["event"] == "completed"
+        ready, _ = await stack.broker.queue_state()
+        assert ready == 2
+        log = stack.service.log_text()
+        for body in waiting:
+            received = [
+                line
+                for line in log.splitlines()
+                if "Received" in line and f"message_id={body['message_id']}" in line
+            ]
+            assert len(received) == 1, received  # delivered once, returned once, no bounce
+            assert not stack.broker.events_for(body["message_id"])
 
 
 # -- the hub -------------------------------------------------------------------------------
@@ -188,6 +202,7 @@ async def test_dropped_stream_after_text_ends_with_one_error_and_no_duplicate_te
     assert len(finals(payloads)) == 1 and payloads[-1]["type"] == "error"
     streamed = "".join(p.get("delta") or "" for p in payloads if p["type"] == "response")
     assert streamed == "half an answer"
+    assert event["text"] == "half an answer"  # what the user saw, on the failed event (§6)
 
 
 async def test_server_errors_exhaust_retries_with_upstream_error(stack: Stack) -> None:
@@ -252,9 +267,10 @@ async def test_sigkill_mid_stream_then_restart_runs_the_request_to_one_final(
         await restart(stack)
         event = await stack.broker.wait_event(body["message_id"], timeout=30)
         assert event["event"] == "completed" and event["text"] == "after restart"
-        await asyncio.sleep(1)
+        await sentinel(stack, body["channel"])
         assert len(stack.broker.events_for(body["message_id"])) == 1
-        assert len(finals(fakes.hub.payloads(body["channel"]))) == 1
+        payloads = fakes.hub.payloads(body["channel"])
+        assert len(finals([p for p in payloads if p["message_id"] == body["message_id"]])) == 1
 
 
 async def test_a_request_that_keeps_crashing_the_service_is_dead_lettered(
@@ -295,20 +311,144 @@ async def test_republishing_a_finished_message_id_runs_it_again(rstack: Stack) -
     assert rstack.broker.events_for(body["message_id"])[1]["text"] == "second time lucky"
 
 
-async def test_consumer_resumes_after_a_broker_restart(rstack: Stack) -> None:
+@pytest.fixture(scope="module")
+def own_node() -> Iterator[rabbit_node.RabbitNode]:
+    """A RabbitMQ node of this module's own: restarting it disturbs nobody."""
+    node = rabbit_node.start(f"test_rmq_{tag()[:8]}")
+    try:
+        yield node
+    finally:
+        node.remove()
+
+
+async def test_consumer_resumes_after_a_broker_restart(
+    fakes: Fakes, log_dir: Path, own_node: rabbit_node.RabbitNode
+) -> None:
     """The FastStream 0.7 failure mode (issue 2758): after a broker restart, the consumer must
     come back by itself and a request published afterwards must be processed."""
-    await asyncio.to_thread(_rabbitmqctl, "stop_app")
+    async with start_stack(fakes, log_dir, "responses", RABBITMQ_URL=own_node.url) as stack:
+        await asyncio.to_thread(own_node.stop)
+        await asyncio.to_thread(own_node.start_again)
+        await stack.broker.wait_consumer(timeout=60)
+        body = stack.request(f"after restart {tag()}", message_id=f"m-{tag()}")
+        await stack.broker.publish(body)
+        event = await stack.broker.wait_event(body["message_id"], timeout=60)
+        assert event["event"] == "completed"
+
+
+async def sentinel(stack: Stack, channel: str) -> None:
+    """A request on the same conversation, published now and waited for: whatever an earlier
+    delivery of that conversation would still do (a second run, a duplicate event) is done
+    before the sentinel's own final event."""
+    body = stack.request(f"sentinel {tag()}", channel, message_id=f"sentinel-{tag()}")
+    await stack.broker.publish(body)
+    assert (await stack.broker.wait_event(body["message_id"], timeout=30))["event"] == "completed"
+
+
+# -- deploys and bursts (issue 9) ----------------------------------------------------------
+
+
+def model_turns(fakes: Fakes, marker: str) -> list[str]:
+    """The user messages containing `marker` that reached the model, in order."""
+    found = []
+    for recorded in fakes.openai.requests_to("POST", "/v1/responses$"):
+        text = str(recorded.body.get("input")) if isinstance(recorded.body, dict) else ""
+        if marker in text:
+            found.append(text)
+    return found
+
+
+async def test_repeated_graceful_restarts_while_requests_wait_lose_and_fail_nothing(
+    fakes: Fakes, log_dir: Path
+) -> None:
+    """Four requests on one conversation, a SIGTERM/restart while each of the first three
+    runs: every request completes once, in publish order, none `internal` (MAX_DELIVERIES=2)."""
+    async with start_stack(
+        fakes, log_dir, "responses", SHUTDOWN_GRACE=10, MAX_DELIVERIES=2
+    ) as stack:
+        t = tag()
+        channel = stack.new_thread()
+        bodies = [
+            stack.request(f"deploy {i} {t}", channel, message_id=f"d{i}-{t}") for i in range(4)
+        ]
+        for i in range(4):
+            fakes.openai.script(f"deploy {i} {t}", [[slow_text(10, 0.05)]])
+        for body in bodies:
+            await stack.broker.publish(body)
+        for i in range(3):
+            await stack.broker.wait_until(
+                lambda i=i: len(model_turns(fakes, f"deploy {i} {t}")) == 1, 30, f"run {i}"
+            )
+            stack.service.signal(signal.SIGTERM)
+            assert await asyncio.to_thread(stack.service.wait, 30) == 0
+            await restart(stack)
+        for body in bodies:
+            event = await stack.broker.wait_event(body["message_id"], timeout=30)
+            assert event["event"] == "completed", event
+        await sentinel(stack, channel)
+        assert [len(stack.broker.events_for(b["message_id"])) for b in bodies] == [1, 1, 1, 1]
+        turns = model_turns(fakes, t)
+        assert [next(i for i in range(4) if f"deploy {i} {t}" in x) for x in turns] == [0, 1, 2, 3]
+
+
+async def test_a_burst_runs_each_conversations_requests_in_publish_order(rstack: Stack) -> None:
+    """60 conversations x 3 requests published back to back on one AMQP channel."""
+    t = tag()
+    conversations = [rstack.new_thread() for _ in range(60)]
+    channel = await rstack.broker.connection.channel(publisher_confirms=True)
     try:
-        await asyncio.sleep(1)
+        exchange = await channel.get_exchange(rstack.names.exchange, ensure=False)
+        for i in range(3):
+            for c in conversations:
+                body = rstack.request(f"burst {c} {i} {t}", c, message_id=f"b-{c}-{i}")
+                await exchange.publish(
+                    aio_pika.Message(json.dumps(body).encode(), content_type="application/json"),
+                    routing_key=rstack.names.routing_key,
+                )
     finally:
-        await asyncio.to_thread(_rabbitmqctl, "start_app")
-    await rstack.broker.wait_consumer(timeout=60)
-    body = rstack.request(f"after restart {tag()}", message_id=f"m-{tag()}")
-    await rstack.broker.publish(body)
-    event = await rstack.broker.wait_event(body["message_id"], timeout=60)
-    assert event["event"] == "completed"
+        await channel.close()
+    await rstack.broker.wait_until(
+        lambda: all(rstack.broker.events_for(f"b-{c}-2") for c in conversations), 60, "burst"
+    )
+    for c in conversations:
+        turns = model_turns(rstack.fakes, f"burst {c} ")
+        assert [x.index(f"burst {c} ") for x in turns] and [
+            next(i for i in range(3) if f"burst {c} {i} {t}" in x) for x in turns
+        ] == [0, 1, 2], turns
 
 
-def _rabbitmqctl(*command: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *command], check=True, capture_output=True, timeout=120)
+async def test_with_redis_a_copy_on_a_second_process_never_runs_twice(
+    fakes: Fakes, log_dir: Path
+) -> None:
+    """Two processes on one queue share run records through Redis: the broker connection of
+    the one running a request drops, the copy lands anywhere, the request still runs once."""
+    import redis.asyncio as aioredis
+
+    from tests.test_coordination import REDIS_URL
+
+    async with start_stack(fakes, log_dir, "responses", REDIS_URL=REDIS_URL) as stack:
+        second = ServiceProcess(stack.names, stack.service.env, log_dir / "second.log")
+        second.start()
+        try:
+            await stack.broker.wait_consumer(count=2, timeout=30)
+            t = tag()
+            fakes.openai.script(t, [[slow_text(30, 0.05)]])
+            body = stack.request(f"shared {t}", message_id=t)
+            await stack.broker.publish(body)
+            await fakes.on_loop(
+                fakes.hub.wait_for(lambda: len(fakes.hub.payloads(body["channel"])) >= 3, 10)
+            )
+            assert close_service_connections(stack.names) >= 2  # both processes' connections
+            event = await stack.broker.wait_event(body["message_id"], timeout=30)
+            assert event["event"] == "completed"
+            await stack.broker.wait_consumer(count=2, timeout=30)
+            await sentinel(stack, body["channel"])
+            assert len(stack.broker.events_for(body["message_id"])) == 1
+            assert len(model_turns(fakes, t)) == 1
+        finally:
+            second.stop()
+    client = aioredis.Redis.from_url(REDIS_URL)
+    keys = [key async for key in client.scan_iter(match=f"{stack.names.queue}:*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()

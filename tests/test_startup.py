@@ -6,11 +6,13 @@ import json
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
-from service.config import load_settings
+from service.config import ConfigurationError, load_settings
 from tests.conftest import Fakes, start_stack
 from tests.harness import ROOT, ServiceNames, ServiceProcess
 
@@ -18,19 +20,63 @@ from tests.harness import ROOT, ServiceNames, ServiceProcess
 
 
 def test_defaults_come_from_settings_toml(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in ("OPENAI_MODEL", "QUEUE_NAME", "MAX_CONCURRENCY", "EVENTS_EXCHANGE", "OPENAI_API"):
+    """Every key of settings.toml is what the service runs with (the environment cleared)."""
+    documented = tomllib.loads((ROOT / "settings.toml").read_text())
+    for name in documented:
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("SETTINGS_FILE", raising=False)
     settings = load_settings(dotenv_dir=tmp_path)
-    assert settings.openai_model == "gpt-4o-mini"
-    assert settings.websocket_uri == "ws://localhost:4000"
-    assert settings.queue_name == "assistant_requests"
-    assert settings.routing_key == "assistant.request"
-    assert settings.exchange_name == "assistant"
+    loaded = settings.model_dump()
+    for name, value in documented.items():
+        got = loaded[name.lower()]
+        got = got.get_secret_value() if isinstance(got, SecretStr) else got
+        expected = tuple(value) if isinstance(value, list) else value
+        assert got == expected, name
+    # Values the Python defaults do not have: these fail if the file is not read.
+    assert settings.assistant_instructions.startswith("You are a helpful assistant")
+    assert settings.assistant_tools == tuple(documented["ASSISTANT_TOOLS"])
     assert settings.events_exchange_name == "assistant_events"
-    assert settings.max_concurrency == 32
-    assert settings.openai_api == "responses"
-    assert (settings.run_timeout, settings.stream_idle_timeout) == (300, 60)
-    assert (settings.tool_timeout, settings.shutdown_grace) == (15, 15)
+
+
+def test_a_missing_settings_file_stops_the_service(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="SETTINGS_FILE"):
+        load_settings(tmp_path / "nowhere.toml", dotenv_dir=tmp_path)
+
+
+def test_an_installed_service_reads_its_packaged_settings_toml(tmp_path: Path) -> None:
+    """A non-editable install, run from another directory, still reads settings.toml."""
+    wheels, target = tmp_path / "wheels", tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(ROOT)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = wheels.glob("*.whl")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), wheel],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    code = (
+        "import service.config as c; s = c.load_settings(); "
+        "print(c.__file__); print(s.assistant_instructions[:30])"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "SETTINGS_FILE"}
+    env["PYTHONPATH"] = str(target)
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(target)!r}); {code}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    module_file, instructions = done.stdout.splitlines()
+    assert module_file.startswith(str(target))
+    assert instructions == "You are a helpful assistant fo"
 
 
 def test_environment_beats_dotenv_beats_settings_toml(
@@ -126,3 +172,21 @@ async def test_topology_is_declared_and_a_second_start_works(fakes: Fakes, log_d
         body["message_id"] = f"second-{ServiceNames.fresh().prefix}"
         await stack.broker.publish(body)
         assert (await stack.broker.wait_event(body["message_id"]))["event"] == "completed"
+
+
+def test_an_unwritable_state_dir_stops_the_service_with_a_clear_line(tmp_path: Path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    env = {**os.environ, "STATE_DIR": str(blocked / "state"), "HTTP_PORT": "0"}
+    env["RABBITMQ_URL"] = "amqp://guest:guest@127.0.0.1:1/"  # never reached
+    env["QUEUE_NAME"] = f"{ServiceNames.fresh().prefix}_requests"
+    done = subprocess.run(
+        [sys.executable, "-m", "faststream", "run", "service.app:app"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "STATE_DIR" in done.stderr + done.stdout

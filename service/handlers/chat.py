@@ -1,52 +1,86 @@
-"""The chat-request subscriber: validated message → one call → final event published → ack."""
+"""The chat-request subscriber: validated message → the delivery layer → final event → ack."""
 
 from __future__ import annotations
 
 import json
+from types import TracebackType
 from typing import Any
 
-from faststream import BaseMiddleware
+from aio_pika.abc import AbstractIncomingMessage
+from faststream import BaseMiddleware, ContextRepo
 from faststream.message import StreamMessage
 from faststream.middlewares import AckPolicy
 from faststream.rabbit import RabbitMessage, RabbitRouter
+from faststream.rabbit.subscriber import RabbitSubscriber
 
+from service.delivery import Deliveries
 from service.errors import ServiceError
-from service.handlers.processor import RequestProcessor
+from service.handlers.validation import parse_request, readable_fields
 from service.schemas import ChatRequest
 from service.topology import Topology
 
 
-class ProcessorRef:
-    """The processor, set at start-up (the router is declared before any client exists)."""
+class DeliveriesRef:
+    """The delivery layer, set at start-up (the router is declared before any client exists)."""
 
     def __init__(self) -> None:
-        self.processor: RequestProcessor | None = None
+        self.deliveries: Deliveries | None = None
 
-    def get(self) -> RequestProcessor:
-        if self.processor is None:
+    def get(self) -> Deliveries:
+        if self.deliveries is None:
             raise RuntimeError("the service is not started")
-        return self.processor
+        return self.deliveries
 
 
-def chat_router(topology: Topology, ref: ProcessorRef) -> RabbitRouter:
-    """The router holding the one chat-request subscriber, with its validation gate."""
+def chat_router(topology: Topology, ref: DeliveriesRef) -> tuple[RabbitRouter, RabbitSubscriber]:
+    """The router holding the one chat-request subscriber, with its delivery gate."""
 
-    class ValidationGate(BaseMiddleware):
-        """Invalid requests never reach the handler: failed event, hub error, dead-letter."""
+    class DeliveryGate(BaseMiddleware):
+        """Validates each delivery and hands it to the delivery layer in its constructor:
+        FastStream builds every middleware of a message before its first await, so the
+        conversation turn is reserved in the order the broker delivered the requests.
+        Invalid requests never reach the handler: failed event, hub error, dead-letter."""
+
+        def __init__(self, msg: Any, /, *, context: ContextRepo) -> None:
+            super().__init__(msg, context=context)
+            self.invalid: ServiceError | None = None
+            if not isinstance(msg, AbstractIncomingMessage):
+                return
+            try:
+                request = parse_request(msg.body, msg.content_type)
+            except ServiceError as error:
+                self.invalid = error
+                return
+            ref.get().arrive(request, msg)
 
         async def consume_scope(self, call_next: Any, msg: StreamMessage[Any]) -> Any:
-            processor = ref.get()
-            raw = msg.raw_message
-            try:
-                processor.parse(raw.body, raw.content_type)
-            except ServiceError as error:
-                await processor.reject_invalid(raw, error)
+            if self.invalid is not None:
+                raw = msg.raw_message
+                fields = readable_fields(raw.body)
+                await ref.get().reject_invalid(
+                    raw,
+                    self.invalid,
+                    message_id=fields.get("message_id"),
+                    channel=fields.get("channel"),
+                    thread_id=fields.get("thread_id") or fields.get("channel"),
+                )
                 return None
             return await call_next(msg)
 
-    router = RabbitRouter(middlewares=(ValidationGate,))
+        async def after_processed(
+            self,
+            exc_type: type[BaseException] | None = None,
+            exc_val: BaseException | None = None,
+            exc_tb: TracebackType | None = None,
+        ) -> bool | None:
+            # Whatever stopped the handler from being called, the delivery still ends once.
+            if isinstance(self.msg, AbstractIncomingMessage):
+                ref.get().abandon(self.msg)
+            return False
 
-    @router.subscriber(
+    router = RabbitRouter(middlewares=(DeliveryGate,))
+
+    subscriber = router.subscriber(
         topology.requests_queue,
         topology.requests_exchange,
         ack_policy=AckPolicy.MANUAL,
@@ -56,12 +90,14 @@ def chat_router(topology: Topology, ref: ProcessorRef) -> RabbitRouter:
         description="Chat requests from upstream services. Each one streams its answer to the "
         "WebSocket hub on its `channel` and ends with one `completed` or `failed` event.",
     )
+
     # Not `message: RabbitMessage`: FastStream leaves the names of context parameters out of
     # the documented payload, and `message` is also the request's main field.
+    @subscriber
     async def handle_chat_request(request: ChatRequest, amqp_message: RabbitMessage) -> None:
-        await ref.get().process(request, amqp_message.raw_message)
+        await ref.get().settle(amqp_message.raw_message)
 
-    return router
+    return router, subscriber
 
 
 async def _decode_json(msg: StreamMessage[Any]) -> Any:

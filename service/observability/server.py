@@ -35,13 +35,14 @@ class HttpFastStream(AsgiFastStream):
     async def run(
         self, log_level: int = logging.INFO, run_extra_options: dict[str, Any] | None = None
     ) -> None:
-        options = {"host": self.http_host, "port": self.http_port, **(run_extra_options or {})}
-        # Read back by AsgiFastStream's lifespan: the hooks get the same options as before.
-        self._log_level = log_level
-        self._run_extra_options = cast_uvicorn_params(options)
+        # AsgiFastStream.run, with the settings' address and uvicorn's logging left to ours
+        # (no FastStream attribute is written: the lifespan hooks take no run options).
+        options = cast_uvicorn_params(
+            {"host": self.http_host, "port": self.http_port, **(run_extra_options or {})}
+        )
         accepted = set(inspect.signature(uvicorn.Config).parameters)
         server_options: dict[str, Any] = {"log_config": None, "access_log": False}
-        server_options |= {k: v for k, v in self._run_extra_options.items() if k in accepted}
+        server_options |= {k: v for k, v in options.items() if k in accepted}
         server = _Server(uvicorn.Config(app=self, log_level=log_level, **server_options))
         await server.serve()
         if not server.started:

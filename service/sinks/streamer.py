@@ -68,6 +68,11 @@ class HubStreamer(RunEventHandler):
         return self._responding
 
     @property
+    def sent_text(self) -> str:
+        """The answer text sent to the hub so far (the `text` of a `failed` event, §6)."""
+        return self._sent_text
+
+    @property
     def finished(self) -> bool:
         return self._finished
 

@@ -4,6 +4,7 @@ Imports nothing else from `service/`: the application builds a `ToolConfig` from
 and calls `ToolRegistry.from_config(config, http_client)` once at start.
 """
 
+from service.redaction import redact_http_logs
 from service.tools.registry import (
     ALL_TOOLS,
     ToolCall,
@@ -13,7 +14,6 @@ from service.tools.registry import (
     parameters_schema,
 )
 from service.tools.tool import JSONObject, NoArgs, Tool, ToolConfig, ToolContext, ToolError
-from service.tools.upstream import redact_http_logs
 
 __all__ = [
     "ALL_TOOLS",

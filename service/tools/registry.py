@@ -20,10 +20,10 @@ from typing import Any
 import httpx2
 from pydantic import BaseModel, ValidationError
 
+from service.redaction import Redactor, redact_http_logs
 from service.tools.kmc_clients import ACTIVE_CLIENTS_TOOL
 from service.tools.kmc_offices import AVAILABLE_OFFICES_TOOL
 from service.tools.tool import JSONObject, Tool, ToolConfig, ToolContext, ToolError
-from service.tools.upstream import redact_http_logs
 from service.tools.weather import WEATHER_TOOL
 
 logger = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ class ToolRegistry:
             output = await self._run(name, arguments)
             error = None
         except ToolError as exc:
-            error = _scrub_text(exc.message, self._context.config.secrets)[:_MAX_ERROR_CHARS]
+            error = Redactor(self._context.config.secrets)(exc.message)[:_MAX_ERROR_CHARS]
             output = _dumps({"error": error})
         except Exception as exc:  # pragma: no cover - _run converts failures; belt and braces
             error = f"tool call failed ({type(exc).__name__})"
@@ -196,7 +196,7 @@ class ToolRegistry:
             )
             raise ToolError(f"{tool.name} failed unexpectedly ({type(exc).__name__})") from None
         try:
-            text = fit_output(_scrub(result, config.secrets), config.max_output_chars)
+            text = fit_output(Redactor(config.secrets).value(result), config.max_output_chars)
         except (TypeError, ValueError):
             raise ToolError(f"{tool.name} produced a result that is not JSON") from None
         if text is None:
@@ -304,22 +304,3 @@ def fit_output(result: JSONObject, limit: int) -> str | None:
         return _dumps(trimmed)
     text = _dumps(trimmed)
     return text if len(text) <= limit else None
-
-
-def _scrub(value: Any, secrets: Sequence[str]) -> Any:
-    """`value` with every configured secret replaced, in case an upstream echoes one back."""
-    if not secrets:
-        return value
-    if isinstance(value, str):
-        return _scrub_text(value, secrets)
-    if isinstance(value, list):
-        return [_scrub(item, secrets) for item in value]
-    if isinstance(value, dict):
-        return {_scrub(k, secrets): _scrub(v, secrets) for k, v in value.items()}
-    return value
-
-
-def _scrub_text(text: str, secrets: Sequence[str]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, "[redacted]")
-    return text

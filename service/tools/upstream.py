@@ -2,14 +2,13 @@
 
 httpx error messages and log lines carry the full request URL, and the OpenWeather key travels
 in the query string, so nothing here ever formats an httpx exception: error texts are built from
-status codes and exception class names only, and `redact_http_logs` strips query strings from
+status codes and exception class names only, and `redact_http_logs` (service.redaction) strips query strings from
 httpx's own "HTTP Request: GET ..." log line.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -84,32 +83,3 @@ def _status_error(service: str, status: int) -> str:
     if status >= 500:
         return f"{service} is unavailable (HTTP {status})"
     return f"{service} answered HTTP {status}"
-
-
-class _StripUrlQuery(logging.Filter):
-    """Replace every `httpx2.URL` argument of a log record by its scheme, host, port and path."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple) and any(isinstance(a, httpx2.URL) for a in record.args):
-            record.args = tuple(
-                _without_query(a) if isinstance(a, httpx2.URL) else a for a in record.args
-            )
-        return True
-
-
-def _without_query(url: httpx2.URL) -> str:
-    port = f":{url.port}" if url.port is not None else ""
-    return f"{url.scheme}://{url.host}{port}{url.path}"
-
-
-_FILTER = _StripUrlQuery()
-
-
-def redact_http_logs() -> None:
-    """Make httpx2's request log line omit query strings and credentials. Idempotent.
-
-    Called by `ToolRegistry.from_config` at start; harmless to call again from logging setup.
-    """
-    logger = logging.getLogger("httpx2")
-    if _FILTER not in logger.filters:
-        logger.addFilter(_FILTER)
