@@ -79,9 +79,11 @@ from tests.fakes.openai_wire import (
     _now,
     _words,
 )
+from tests.fakes.replay import Recording
 from tests.fakes.script import (
     Drop,
     HttpError,
+    Replay,
     ScriptBook,
     Selection,
     SplitTurn,
@@ -364,11 +366,28 @@ class FakeOpenAI:
                 code=early.code or code,
                 headers=early.headers,
             )
+        if isinstance(early, Replay):
+            return await self._replay(request, Recording.load(early.name), early.interval)
         if isinstance(early, Drop):
             if request.transport is not None:
                 request.transport.close()
             return web.StreamResponse()
         return None
+
+    async def _replay(
+        self, request: web.Request, recording: Recording, interval: float
+    ) -> web.StreamResponse:
+        """Send a recording as the API sent it: status, headers, body in chunks."""
+        response = web.StreamResponse(status=recording.status, headers=recording.headers())
+        if not recording.streamed:
+            response.content_length = len(recording.body)
+        await response.prepare(request)
+        for chunk in recording.chunks():
+            await response.write(chunk)
+            if interval:
+                await asyncio.sleep(interval)
+        await response.write_eof()
+        return response
 
     # ----- Responses + Conversations -----
 
@@ -399,6 +418,11 @@ class FakeOpenAI:
             request, selection, body, text or " ".join(o.output for o in outputs)
         )
         if isinstance(turn, web.StreamResponse):
+            replayed = _replayed_calls(selection)
+            if replayed:  # the recording's calls wait for their outputs, as scripted ones do
+                with self._lock:
+                    self._call_keys.update(dict.fromkeys(replayed, key))
+                    self._pending_calls[key] = replayed
             return turn
         response_id = _new_id("resp")
         calls = [s.call_id for s in turn.stream if isinstance(s, ToolCall) and s.call_id]
@@ -478,6 +502,17 @@ class FakeOpenAI:
         with self._lock:
             self._conversations.pop(conversation_id, None)
         return _json({"id": conversation_id, "object": "conversation.deleted", "deleted": True})
+
+
+def _replayed_calls(selection: Selection) -> list[str]:
+    """The call ids of the function calls a replayed recording streams."""
+    turn = selection.turn
+    if callable(turn) or not turn or not isinstance(turn[-1], Replay):
+        return []
+    recording = Recording.load(turn[-1].name)
+    if recording.status != 200:
+        return []
+    return [str(item.get("call_id")) for item in recording.function_calls()]
 
 
 def _conversation_not_found(conversation_id: str) -> web.Response:
