@@ -145,11 +145,7 @@ def error_fields(data: object) -> tuple[object, object, object]:
         nested = data.get("error")
         fields: Mapping[str, Any] = nested if isinstance(nested, Mapping) else data
         return fields.get("code"), fields.get("type"), fields.get("message")
-    return (
-        getattr(data, "code", None),
-        getattr(data, "type", None),
-        getattr(data, "message", None),
-    )
+    return _field(data, "code"), _field(data, "type"), _field(data, "message")
 
 
 def stream_error(data: object) -> ServiceError:
@@ -160,9 +156,9 @@ def stream_error(data: object) -> ServiceError:
 
 def response_ended(response: Any) -> ServiceError:
     """A Responses stream that ended `response.failed` or `response.incomplete`."""
-    if getattr(response, "status", None) == "incomplete":
-        return _incomplete(getattr(getattr(response, "incomplete_details", None), "reason", None))
-    code, type_, message = error_fields(getattr(response, "error", None))
+    if _field(response, "status") == "incomplete":
+        return _incomplete(_field(_field(response, "incomplete_details"), "reason"))
+    code, type_, message = error_fields(_field(response, "error"))
     return api_error(code, type_=type_, message=message)
 
 
@@ -173,9 +169,16 @@ def run_ended(status: str, run: Any) -> ServiceError:
     if status == "cancelled":
         return RUN_CANCELLED.error()
     if status == "incomplete":
-        return _incomplete(getattr(getattr(run, "incomplete_details", None), "reason", None))
-    code, type_, message = error_fields(getattr(run, "last_error", None))
+        return _incomplete(_field(_field(run, "incomplete_details"), "reason"))
+    code, type_, message = error_fields(_field(run, "last_error"))
     return api_error(code, type_=type_, message=message)
+
+
+def _field(value: object, name: str) -> object:
+    """A field of an SDK model, or of the dict the SDK left unparsed."""
+    if isinstance(value, Mapping):
+        return value.get(name)
+    return getattr(value, name, None)
 
 
 def _incomplete(reason: object) -> ServiceError:
