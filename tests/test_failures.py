@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import httpx2
@@ -26,12 +27,14 @@ from service.schemas import ErrorCode
 UPSTREAM, RATE, TIMEOUT = ErrorCode.UPSTREAM_ERROR, ErrorCode.RATE_LIMITED, ErrorCode.TIMEOUT
 
 
-def sdk_error(status: int, error: dict[str, Any] | None) -> openai.APIStatusError:
+def sdk_error(
+    status: int, error: dict[str, Any] | None, headers: dict[str, str] | None = None
+) -> openai.APIStatusError:
     """The exception the SDK raises for this HTTP answer (its own status-to-class mapping)."""
     client = openai.AsyncOpenAI(api_key="k", base_url="http://model.invalid/v1")
     request = httpx2.Request("POST", "http://model.invalid/v1/responses")
     content = json.dumps({"error": error}).encode() if error is not None else b"upstream broke"
-    response = httpx2.Response(status, content=content, request=request)
+    response = httpx2.Response(status, content=content, request=request, headers=headers)
     return client._make_status_error_from_response(response)
 
 
@@ -208,6 +211,35 @@ async def test_the_retry_policy_retries_only_what_a_retry_can_fix(
     with pytest.raises(ServiceError):
         await RetryPolicy(attempts=3, backoff=0.001).run(call, may_retry=lambda: True)
     assert made == calls
+
+
+async def test_the_wait_the_api_asks_for_is_used_between_attempts() -> None:
+    made: list[float] = []
+
+    async def call() -> None:
+        made.append(time.monotonic())
+        raise sdk_error(429, err("rate_limit_exceeded", "requests"), {"retry-after-ms": "150"})
+
+    with pytest.raises(ServiceError) as raised:
+        await RetryPolicy(attempts=2, backoff=0.001).run(call, may_retry=lambda: True)
+    assert raised.value.retry_after == pytest.approx(0.15)
+    assert len(made) == 2 and made[1] - made[0] >= 0.14
+
+
+async def test_a_wait_longer_than_the_backoff_cap_ends_the_request_at_once() -> None:
+    made = 0
+
+    async def call() -> None:
+        nonlocal made
+        made += 1
+        raise sdk_error(429, err("rate_limit_exceeded", "requests"), {"retry-after": "30"})
+
+    with pytest.raises(ServiceError) as raised:
+        await RetryPolicy(attempts=3, backoff=0.001, max_backoff=8).run(
+            call, may_retry=lambda: True
+        )
+    assert made == 1
+    assert (raised.value.code, raised.value.retryable) == (RATE, True)
 
 
 def test_cancellation_is_its_own_code() -> None:

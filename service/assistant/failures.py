@@ -199,13 +199,31 @@ def classify(exc: BaseException) -> ServiceError:
         return TIMED_OUT.error()
     if isinstance(exc, openai.APIStatusError):
         _, _, message = error_fields(exc.body)
-        return api_error(exc.code, type_=exc.type, status=exc.status_code, message=message)
+        error = api_error(exc.code, type_=exc.type, status=exc.status_code, message=message)
+        error.retry_after = retry_after(exc.response.headers) if error.retryable else None
+        return error
     if isinstance(exc, openai.APIConnectionError | httpx2.TransportError):
         return CONNECTION.error()
     if isinstance(exc, openai.APIError):
         # An `{"error": ...}` event inside the stream: the body is the API's error object.
         return stream_error(exc.body)
     return ServiceError(ErrorCode.INTERNAL, "Internal error", retryable=False)
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """The wait an error answer asks for: `retry-after-ms`, else `retry-after` in seconds (an
+    HTTP date is not used: the API sends seconds)."""
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            seconds = float(value) * scale
+        except ValueError:
+            continue
+        if seconds >= 0 and seconds == seconds:  # not NaN
+            return seconds
+    return None
 
 
 def thread_missing(exc: openai.NotFoundError, thread_id: str) -> ServiceError:

@@ -16,6 +16,11 @@ Endpoints (all under ``/v1``)::
     POST   /threads/{id}/runs               stream=true only; GET lists runs (newest first)
     GET    /threads/{id}/runs/{run}         POST .../cancel, POST .../submit_tool_outputs
 
+Real recordings: a turn ``[Replay(name)]`` answers the attempt with a recording of
+``../shared/real_streams`` verbatim (status, the headers a client reads, the body in chunks; see
+:mod:`tests.fakes.replay`), on any endpoint that plays turns. The function calls a replayed
+Responses stream makes are pending like scripted ones.
+
 Every conversation, thread and assistant id exists (nothing has to be created first) except
 those starting with ``conv_missing``, ``thread_missing``, ``asst_missing`` (and response ids
 starting with ``resp_missing``): those get the API's 404 error body.
