@@ -634,3 +634,23 @@ async def test_cli_creates_and_deletes_assistants_and_creates_threads(
         "get_available_offices",
     ]
     assert len(fake.requests_to("POST", "/v1/assistants")) == 1  # responses: nothing remote
+
+
+@pytest.mark.parametrize(
+    ("recording", "conversation_id"),
+    [
+        ("conversations_create_rubyopenai_2025-03", "conv_67d4472a0be881909acc6775dded8b11"),
+        (
+            "conversations_create_pydanticai_2026-04",
+            "conv_010000000000000000000000000000000000000000000000",
+        ),
+    ],
+)
+async def test_cli_thread_create_reads_a_real_conversation_answer(
+    fake: FakeOpenAI, tmp_path: Path, recording: str, conversation_id: str
+) -> None:
+    fake.replay_route("POST", "/v1/conversations", recording)
+
+    out = await cli(fake, tmp_path, "thread", "create", api="responses")
+
+    assert out.splitlines()[1] == conversation_id

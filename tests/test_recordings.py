@@ -323,3 +323,23 @@ async def test_assistants_refused_tool_outputs_end_the_request_without_a_retry(
     # The run left waiting for outputs was cancelled, so the thread takes the next request.
     runs = assistants.fakes.openai.thread_runs(relayed.thread)
     assert [run["status"] for run in runs] in (["cancelled"], ["cancelling"])
+
+
+async def test_assistants_thread_check_rejected_key_ends_without_a_retry(
+    assistants: Replayer,
+) -> None:
+    """A real 401 body on the first call the Assistants backend makes (reading the thread)."""
+    stack, fake = assistants.stack, assistants.fakes.openai
+    thread = stack.new_thread()
+    fake.replay_route(
+        "GET", f"/v1/threads/{thread}", "conversations_retrieve_401_invalid_key_rubyopenai_2025-08"
+    )
+    body = stack.request("replay the thread check", channel=thread, message_id=f"m-{thread}")
+    await stack.broker.publish(body)
+    event = await stack.broker.wait_event(body["message_id"])
+    payloads = await stack.fakes.hub_final(thread)
+
+    relayed = Relayed(thread, payloads, event, 0)
+    assert_relayed(relayed, "", BAD_KEY, [])
+    assert len(fake.requests_to("GET", f"/v1/threads/{thread}")) == 1
+    assert not fake.requests_to("POST", f"/v1/threads/{thread}/.*")

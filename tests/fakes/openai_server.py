@@ -155,6 +155,7 @@ class FakeOpenAI:
         self._response_keys: dict[str, str] = {}  # response id -> conversation key
         self._call_keys: dict[str, str] = {}  # call id -> conversation key
         self._pending_calls: dict[str, list[str]] = {}  # conversation key -> unanswered calls
+        self._route_replays: list[tuple[str, re.Pattern[str], str]] = []  # see replay_route
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._host = "127.0.0.1"
@@ -207,10 +208,17 @@ class FakeOpenAI:
         :mod:`tests.fakes.script` for how turns are consumed)."""
         self._book.add(match, turns)
 
+    def replay_route(self, method: str, path: str, name: str) -> None:
+        """Answer the next ``method`` request whose path matches ``path`` (a regex, anchored)
+        with the recording ``name``, whatever the endpoint (conversations, threads, …); once."""
+        with self._lock:
+            self._route_replays.append((method.upper(), re.compile(path), name))
+
     def reset(self) -> None:
         """Forget scripts, recorded requests, conversations, threads and runs."""
         self._book.reset()
         with self._lock:
+            self._route_replays.clear()
             self._requests.clear()
             self._conversations.clear()
             self._assistants_api.clear()
@@ -295,6 +303,9 @@ class FakeOpenAI:
                     code="invalid_api_key",
                 )
             request[_BODY] = body if isinstance(body, dict) else {}
+            replay = self._take_route_replay(request.method, request.path)
+            if replay is not None:
+                return await self._replay(request, Recording.load(replay), 0.0)
             task = asyncio.current_task()
             if task is not None:
                 self._tasks.add(task)
@@ -313,6 +324,14 @@ class FakeOpenAI:
         self._assistants_api.add_routes(app)
         add("*", "/{tail:.*}", self._invalid_url)  # last: everything not routed above
         return app
+
+    def _take_route_replay(self, method: str, path: str) -> str | None:
+        with self._lock:
+            for i, (wanted, pattern, name) in enumerate(self._route_replays):
+                if wanted == method and pattern.fullmatch(path):
+                    del self._route_replays[i]
+                    return name
+        return None
 
     async def _invalid_url(self, request: web.Request) -> web.Response:
         return _error(404, f"Invalid URL ({request.method} {request.path})")
