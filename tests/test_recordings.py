@@ -343,3 +343,28 @@ async def test_assistants_thread_check_rejected_key_ends_without_a_retry(
     assert_relayed(relayed, "", BAD_KEY, [])
     assert len(fake.requests_to("GET", f"/v1/threads/{thread}")) == 1
     assert not fake.requests_to("POST", f"/v1/threads/{thread}/.*")
+
+
+async def test_the_fake_replays_status_headers_and_body_verbatim(fakes: Fakes) -> None:
+    """What a client receives is the recording: the body byte for byte, the status, the
+    headers a client reads, whatever chunks it arrived in."""
+    fake = fakes.openai
+    stream = Recording.load("responses_text_gpt54_llmgateway_2026-05")
+    error = Recording.load("error_chat_429_request_too_large_llmgateway_2026-05")
+    tag = uuid.uuid4().hex[:12]
+    fake.script(f"stream {tag}", [[Replay(stream.name)]])
+    fake.script(f"error {tag}", [[Replay(error.name)]])
+    reads: dict[str, int] = {}
+    async with httpx2.AsyncClient(base_url=fake.base_url, timeout=10) as http:
+        for recording, text in ((stream, f"stream {tag}"), (error, f"error {tag}")):
+            body = {"model": "m", "input": text, "stream": True}
+            async with http.stream("POST", "/responses", json=body) as answer:
+                chunks = [chunk async for chunk in answer.aiter_raw()]
+            assert answer.status_code == recording.status
+            assert b"".join(chunks) == recording.body
+            for key, value in recording.headers().items():
+                assert answer.headers[key] == value
+            reads[recording.name] = len(chunks)
+    assert reads[stream.name] > 1  # streamed in pieces, not in one write
+    assert stream.headers()["x-ratelimit-limit-requests"]
+    assert error.headers()["x-request-id"] == "req_eb04413fd442407bb9ae2706c06070d5"
