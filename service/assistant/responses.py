@@ -33,7 +33,7 @@ from service.assistant.tooling import Toolbox, play_tool_rounds
 from service.schemas import ToolCallRecord, Usage
 
 # The answer's text: the message's output text, and a refusal's text, which is the answer the
-# user sees when the model declines (README "Refusals"). Reasoning summaries, code-interpreter
+# user sees when the model declines (README "Speaking the real API"). Reasoning summaries, code-interpreter
 # code, tool-call arguments and every other delta are not the answer.
 _TEXT_DELTAS = frozenset({"response.output_text.delta", "response.refusal.delta"})
 
