@@ -173,8 +173,8 @@ class _RunBridge(AsyncAssistantEventHandler):
             await self._text(delta.value)
 
     async def on_message_delta(self, delta: MessageDelta, snapshot: Message) -> None:
-        # A refusal is the answer the user sees when the model declines (README "Speaking the real API");
-        # the SDK hands only text parts to `on_text_delta`.
+        # A refusal is the answer the user sees when the model declines (README "Speaking
+        # the real API"); the SDK hands only text parts to `on_text_delta`.
         for part in delta.content or ():
             if isinstance(part, RefusalDeltaBlock) and part.refusal:
                 await self._text(part.refusal)

@@ -33,8 +33,8 @@ from service.assistant.tooling import Toolbox, play_tool_rounds
 from service.schemas import ToolCallRecord, Usage
 
 # The answer's text: the message's output text, and a refusal's text, which is the answer the
-# user sees when the model declines (README "Speaking the real API"). Reasoning summaries, code-interpreter
-# code, tool-call arguments and every other delta are not the answer.
+# user sees when the model declines (README "Speaking the real API"). Reasoning summaries,
+# code-interpreter code, tool-call arguments and every other delta are not the answer.
 _TEXT_DELTAS = frozenset({"response.output_text.delta", "response.refusal.delta"})
 
 # The stream events the backend acts on besides text deltas, by their `type`; the SDK's
