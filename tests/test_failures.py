@@ -242,5 +242,12 @@ async def test_a_wait_longer_than_the_backoff_cap_ends_the_request_at_once() -> 
     assert (raised.value.code, raised.value.retryable) == (RATE, True)
 
 
+def test_the_apis_x_should_retry_header_decides_retryable() -> None:
+    never = classify(sdk_error(500, err(None, "server_error"), {"x-should-retry": "false"}))
+    assert (never.code, never.retryable) == (UPSTREAM, False)
+    again = classify(sdk_error(400, err(None), {"x-should-retry": "true"}))
+    assert (again.code, again.retryable) == (UPSTREAM, True)
+
+
 def test_cancellation_is_its_own_code() -> None:
     assert classify(asyncio.CancelledError()).code is ErrorCode.CANCELLED

@@ -200,6 +200,9 @@ def classify(exc: BaseException) -> ServiceError:
     if isinstance(exc, openai.APIStatusError):
         _, _, message = error_fields(exc.body)
         error = api_error(exc.code, type_=exc.type, status=exc.status_code, message=message)
+        should_retry = exc.response.headers.get("x-should-retry")
+        if should_retry in ("true", "false"):  # the API's own word, as the SDK honours it
+            error.retryable = should_retry == "true"
         error.retry_after = retry_after(exc.response.headers) if error.retryable else None
         return error
     if isinstance(exc, openai.APIConnectionError | httpx2.TransportError):
