@@ -248,7 +248,9 @@ async def test_responses_recording_is_relayed_exactly(
     relayed = await relay(responses, turns, calls_path="/v1/responses")
 
     assert_relayed(relayed, answer, outcome, hidden)
-    # One model call per turn: nothing was retried, the follow-up was asked for once.
+    # One model call per turn: every turn was played, nothing was retried, the follow-up was
+    # asked for once. (The session's fake is shared, so its `assert_complete` would also judge
+    # scripts of other modules.)
     assert relayed.model_calls == len(turns)
     if len(turns) == 2:  # the service answered every call the recording made
         fake = responses.fakes.openai
@@ -259,7 +261,6 @@ async def test_responses_recording_is_relayed_exactly(
         ]
         answered = {item["call_id"] for item in follow.body["input"]}
         assert answered == {call["call_id"] for call in recording.function_calls()}
-    responses.fakes.openai.assert_complete()
 
 
 def _conversation(body: Any) -> Any:
@@ -291,7 +292,6 @@ async def test_assistants_recording_is_relayed_exactly(
 
     assert_relayed(relayed, recording.answer(), outcome, [])
     assert relayed.model_calls == 1
-    assistants.fakes.openai.assert_complete()
 
 
 @pytest.mark.parametrize("recording", ERROR_BODIES, ids=_ids(ERROR_BODIES))
