@@ -8,11 +8,20 @@ from service.schemas import ErrorCode
 class ServiceError(Exception):
     """A failure with a contract error code and a short text that is safe to publish."""
 
-    def __init__(self, code: ErrorCode, message: str, *, retryable: bool = False) -> None:
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.retryable = retryable
+        self.retry_after = retry_after
+        """Seconds the API asked to wait before trying again (`retry-after[-ms]`), if it did."""
 
     def __repr__(self) -> str:
         return f"ServiceError({self.code.value!r}, {self.message!r}, retryable={self.retryable})"

@@ -156,7 +156,8 @@ class HubPayload(BaseModel):
     )
     message: str = Field(
         description="Human text; on `response` payloads the whole answer so far (compact "
-        'mode: `""` on `in_progress` payloads that are not snapshots)'
+        'mode: `""` on `in_progress` payloads that are not snapshots). When the model '
+        "declines, its refusal text is the answer (streamed and completed like any text)"
     )
     delta: str | None = Field(
         None, description="On `response` payloads: the text added since the previous one"
@@ -234,7 +235,10 @@ class CompletedEvent(BaseModel):
     channel: str = Field(description="The request's hub channel")
     thread_id: str = Field(description="The thread/conversation the request ran on")
     run_id: str | None = Field(description="The response (Responses) or run (Assistants) id")
-    text: str = Field(description="The whole answer")
+    text: str = Field(
+        description="The whole answer; when the model declines, its refusal text "
+        "(a refusal completes, it is not a failure)"
+    )
     tool_calls: list[ToolCallRecord] = Field(description="Every tool call, in order")
     usage: Usage | None = Field(description="Token usage, when the API reported it")
     started_at: float = Field(description="UNIX seconds")
@@ -276,7 +280,10 @@ class FailedEvent(BaseModel):
     channel: str | None = Field(description="The request's hub channel, when it could be read")
     thread_id: str | None = Field(description="The thread/conversation, when it could be read")
     code: ErrorCode = Field(description="The error code (contract §6)")
-    message: str = Field(description="Short safe text")
+    message: str = Field(
+        description="Short safe reason, never the model API's own text: e.g. `the conversation "
+        "is too long for the model`, `the API key has no quota left` (README error table)"
+    )
     retryable: bool = Field(description="True when publishing the same request again may work")
     occurred_at: float = Field(description="UNIX seconds")
     text: str = Field(

@@ -443,6 +443,59 @@ async def test_unnamed_event_without_error_fields_is_ignored(
     assert (result.run_id, result.text) == ("run_raw", "")
 
 
+async def test_a_refusal_is_the_answer_text(raw: RawRuns, registry: ToolRegistry) -> None:
+    """A refusal streams as `refusal` delta blocks: the user sees it, as the answer."""
+    message = {
+        "id": "msg_raw",
+        "object": "thread.message",
+        "created_at": 0,
+        "thread_id": "thread_raw",
+        "role": "assistant",
+        "content": [],
+        "status": "in_progress",
+        "attachments": [],
+        "metadata": {},
+    }
+
+    def refusal(index: int, text: str) -> tuple[str, str]:
+        delta = {"content": [{"index": 0, "type": "refusal", "refusal": text}]}
+        return "thread.message.delta", json.dumps(
+            {"id": "msg_raw", "object": "thread.message.delta", "delta": delta}
+        )
+
+    raw.events = [
+        ("thread.run.created", raw_run("queued")),
+        ("thread.message.created", json.dumps(message)),
+        refusal(0, "I'm sorry, "),
+        refusal(0, "I can't help with that."),
+        ("thread.run.completed", raw_run("completed")),
+        ("done", "[DONE]"),
+    ]
+    async with openai.AsyncOpenAI(base_url=raw.base_url, api_key="k", max_retries=0) as sdk:
+        outcome, recorder = await run_request(make_backend(sdk, registry), "thread_raw", "hi")
+
+    assert completed(outcome).text == "I'm sorry, I can't help with that."
+    assert recorder.of("delta") == ["I'm sorry, ", "I can't help with that."]
+
+
+async def test_a_completed_event_for_an_incomplete_run_is_incomplete(
+    raw: RawRuns, registry: ToolRegistry
+) -> None:
+    """Seen on the real API: `thread.run.completed` whose run has status `incomplete`."""
+    details = {"reason": "max_prompt_tokens"}
+    raw.events = [
+        ("thread.run.created", raw_run("queued")),
+        ("thread.run.completed", raw_run("incomplete", incomplete_details=details)),
+        ("done", "[DONE]"),
+    ]
+    async with openai.AsyncOpenAI(base_url=raw.base_url, api_key="k", max_retries=0) as sdk:
+        outcome, _ = await run_request(make_backend(sdk, registry), "thread_raw", "hi")
+
+    error = failed(outcome)
+    assert (error.code, error.retryable) == (ErrorCode.UPSTREAM_ERROR, False)
+    assert error.message == "the answer was cut off at the token limit"
+
+
 # --- the thread -----------------------------------------------------------------------------
 
 
@@ -581,3 +634,23 @@ async def test_cli_creates_and_deletes_assistants_and_creates_threads(
         "get_available_offices",
     ]
     assert len(fake.requests_to("POST", "/v1/assistants")) == 1  # responses: nothing remote
+
+
+@pytest.mark.parametrize(
+    ("recording", "conversation_id"),
+    [
+        ("conversations_create_rubyopenai_2025-03", "conv_67d4472a0be881909acc6775dded8b11"),
+        (
+            "conversations_create_pydanticai_2026-04",
+            "conv_010000000000000000000000000000000000000000000000",
+        ),
+    ],
+)
+async def test_cli_thread_create_reads_a_real_conversation_answer(
+    fake: FakeOpenAI, tmp_path: Path, recording: str, conversation_id: str
+) -> None:
+    fake.replay_route("POST", "/v1/conversations", recording)
+
+    out = await cli(fake, tmp_path, "thread", "create", api="responses")
+
+    assert out.splitlines()[1] == conversation_id

@@ -18,9 +18,9 @@ import logging
 import ssl
 import time
 import warnings
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import TypeVar, cast
 
 import anyio
 import httpx2
@@ -28,21 +28,34 @@ import openai
 from openai import AsyncOpenAI, BaseModel
 from openai.lib.streaming import AsyncAssistantEventHandler, AsyncAssistantStreamManager
 from openai.types.beta import AssistantStreamEvent, AssistantToolParam
-from openai.types.beta.threads import Run, Text, TextDelta
+from openai.types.beta.threads import (
+    Message,
+    MessageDelta,
+    RefusalDeltaBlock,
+    Run,
+    Text,
+    TextDelta,
+)
 from openai.types.beta.threads.run_submit_tool_outputs_params import ToolOutput
 
 from service.assistant.events import RunEventHandler, RunResult, ToolCall
+from service.assistant.failures import (
+    CONNECTION,
+    classify,
+    run_ended,
+    stream_error,
+    thread_missing,
+)
 from service.assistant.retry import RetryPolicy
 from service.assistant.stream import within_idle_limit
-from service.assistant.tooling import Toolbox, run_tool_calls
+from service.assistant.tooling import Toolbox, play_tool_rounds
 from service.config import ConfigurationError
-from service.errors import RunTimeout, ServiceError, ThreadNotFound
+from service.errors import ServiceError, ThreadNotFound
 from service.schemas import ErrorCode, ToolCallRecord, Usage
 
 T = TypeVar("T")
 log = logging.getLogger("service.assistant")
 
-MAX_TOOL_ROUNDS = 8
 MAX_THREAD_RACES = 10
 """Times a request may find the thread busy again right after waiting for it to be free."""
 ABANDON_WAIT = 3.0
@@ -133,11 +146,15 @@ class _RunBridge(AsyncAssistantEventHandler):
             _check_unnamed(event)
             return
         if name == "error":  # what the SDK would hand over if it kept the event's name
-            raise _stream_error(event.data)
+            raise stream_error(event.data)
         if not name.startswith(_RUN_EVENT_PREFIX) or name.startswith("thread.run.step."):
             return
         run = cast(Run, event.data)
         status = name.removeprefix(_RUN_EVENT_PREFIX)
+        if status == "completed" and getattr(run, "status", None) in _FAILED_STATUSES:
+            # Seen on the real API: `thread.run.completed` carrying a run whose status is
+            # "incomplete". The run's own status is the truth.
+            status = run.status
         if status == "created":
             self._state.run_id, self._state.status = run.id, "queued"
             await self._state.handler.on_run_started(run.id)
@@ -149,12 +166,22 @@ class _RunBridge(AsyncAssistantEventHandler):
             self.completed = True
             self._state.usage = _usage(run) or self._state.usage
         elif status in _FAILED_STATUSES:
-            raise _run_error(status, run)
+            raise run_ended(status, run)
 
     async def on_text_delta(self, delta: TextDelta, snapshot: Text) -> None:
         if delta.value:
-            self._state.text.append(delta.value)
-            await self._state.handler.on_text_delta(delta.value)
+            await self._text(delta.value)
+
+    async def on_message_delta(self, delta: MessageDelta, snapshot: Message) -> None:
+        # A refusal is the answer the user sees when the model declines (README "Speaking
+        # the real API"); the SDK hands only text parts to `on_text_delta`.
+        for part in delta.content or ():
+            if isinstance(part, RefusalDeltaBlock) and part.refusal:
+                await self._text(part.refusal)
+
+    async def _text(self, value: str) -> None:
+        self._state.text.append(value)
+        await self._state.handler.on_text_delta(value)
 
     def outcome(self) -> _Segment:
         if self.calls is not None:
@@ -166,6 +193,40 @@ class _RunBridge(AsyncAssistantEventHandler):
             "The run stream ended before the run finished",
             retryable=True,
         )
+
+
+@dataclass(slots=True)
+class _RunTurns:
+    """One request's run, a turn per stream (the `ModelTurns` of the tool loop): the user
+    message starts a run; tool outputs continue the same run."""
+
+    backend: AssistantsBackend
+    thread_id: str
+    message: str
+    state: _RunState
+    text_started: Callable[[], bool]
+
+    async def start(self) -> Sequence[ToolCall]:
+        backend, thread_id = self.backend, self.thread_id
+        await backend._retry.run(lambda: backend._check_thread(thread_id), may_retry=lambda: True)
+        await backend._retry.run(
+            lambda: backend._when_thread_idle(
+                thread_id, lambda: backend._add_message(thread_id, self.message)
+            ),
+            may_retry=lambda: True,
+        )
+        return await self._segment(None)
+
+    async def submit(self, outputs: Sequence[tuple[str, str]]) -> Sequence[ToolCall]:
+        return await self._segment(
+            [{"tool_call_id": call_id, "output": output} for call_id, output in outputs]
+        )
+
+    async def _segment(self, outputs: list[ToolOutput] | None) -> Sequence[ToolCall]:
+        segment = await self.backend._segment_with_retries(
+            self.thread_id, self.state, outputs, self.text_started
+        )
+        return segment.calls or []
 
 
 class AssistantsBackend:
@@ -213,25 +274,10 @@ class AssistantsBackend:
         text_started: Callable[[], bool],
     ) -> RunResult:
         state = _RunState(handler)
+        turns = _RunTurns(self, thread_id, message, state, text_started)
         try:
-            await self._retry.run(lambda: self._check_thread(thread_id), may_retry=lambda: True)
-            await self._retry.run(
-                lambda: self._when_thread_idle(
-                    thread_id, lambda: self._add_message(thread_id, message)
-                ),
-                may_retry=lambda: True,
-            )
-            outputs: list[ToolOutput] | None = None
-            for _ in range(MAX_TOOL_ROUNDS + 1):
-                segment = await self._segment_with_retries(thread_id, state, outputs, text_started)
-                if segment.calls is None:
-                    return RunResult(state.run_id, "".join(state.text), state.usage, state.records)
-                results = await run_tool_calls(segment.calls, self._toolbox, handler, state.records)
-                outputs = [{"tool_call_id": call_id, "output": out} for call_id, out in results]
-            raise ServiceError(
-                ErrorCode.UPSTREAM_ERROR,
-                f"The model called tools more than {MAX_TOOL_ROUNDS} times",
-            )
+            await play_tool_rounds(turns, self._toolbox, handler, state.records)
+            return RunResult(state.run_id, "".join(state.text), state.usage, state.records)
         except BaseException:
             # Never leave an active run behind: it would block the thread for its next request.
             if state.may_be_active and state.run_id is not None:
@@ -309,13 +355,9 @@ class AssistantsBackend:
                     pass
                 return bridge.outcome()
         except httpx2.TimeoutException as exc:
-            raise RunTimeout("The model stream timed out") from exc
+            raise classify(exc) from exc
         except _RAW_TRANSPORT_ERRORS as exc:
-            raise ServiceError(
-                ErrorCode.UPSTREAM_ERROR,
-                "The connection to the model API broke during the run",
-                retryable=True,
-            ) from exc
+            raise CONNECTION.error() from exc
 
     # --- the thread ---------------------------------------------------------------------
 
@@ -325,7 +367,7 @@ class AssistantsBackend:
         try:
             await call
         except openai.NotFoundError as exc:
-            raise ThreadNotFound(thread_id) from exc
+            raise thread_missing(exc, thread_id) from exc
 
     async def _add_message(self, thread_id: str, message: str) -> None:
         with legacy_api():
@@ -335,7 +377,7 @@ class AssistantsBackend:
         try:
             await call
         except openai.NotFoundError as exc:
-            raise ThreadNotFound(thread_id) from exc
+            raise thread_missing(exc, thread_id) from exc
 
     async def _not_found(self, thread_id: str) -> ServiceError:
         """A 404 on run creation: the thread vanished, or the assistant does not exist."""
@@ -401,7 +443,7 @@ class AssistantsBackend:
         try:
             page = await pages
         except openai.NotFoundError as exc:
-            raise ThreadNotFound(thread_id) from exc
+            raise thread_missing(exc, thread_id) from exc
         return [run for run in page.data if run.status in ACTIVE_STATUSES]
 
     # --- giving up on a run ---------------------------------------------------------------
@@ -448,23 +490,6 @@ def _usage(run: Run) -> Usage | None:
     return Usage(input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens)
 
 
-def _run_error(status: str, run: Run) -> ServiceError:
-    code = getattr(getattr(run, "last_error", None), "code", None)
-    if status == "expired":
-        return RunTimeout("The run expired before it finished")
-    if code == "rate_limit_exceeded":
-        return ServiceError(ErrorCode.RATE_LIMITED, "The model is rate limited", retryable=True)
-    if status == "cancelled":
-        return ServiceError(ErrorCode.UPSTREAM_ERROR, "The run was cancelled")
-    if status == "incomplete":
-        return ServiceError(ErrorCode.UPSTREAM_ERROR, "The model's answer was incomplete")
-    return ServiceError(
-        ErrorCode.UPSTREAM_ERROR,
-        "The model failed to answer",
-        retryable=code in (None, "server_error"),
-    )
-
-
 def _check_unnamed(event: object) -> None:
     """An event the SDK parsed without its name: raise if it is an `error` event.
 
@@ -480,19 +505,5 @@ def _check_unnamed(event: object) -> None:
         )
     fields = event.model_extra or {}
     if fields.keys() & {"error", "code", "message"}:
-        raise _stream_error(fields)
+        raise stream_error(fields)
     log.debug("ignoring an unnamed stream event with fields %s", sorted(fields))
-
-
-def _stream_error(data: Any) -> ServiceError:
-    """An `error` event's data: an `ErrorObject`, or the error's fields as a dict."""
-    if isinstance(data, dict):
-        nested = data.get("error")
-        code = (nested if isinstance(nested, dict) else data).get("code")
-    else:
-        code = getattr(data, "code", None)
-    if code in ("rate_limit_exceeded", "rate_limited"):
-        return ServiceError(ErrorCode.RATE_LIMITED, "The model is rate limited", retryable=True)
-    return ServiceError(
-        ErrorCode.UPSTREAM_ERROR, "The model stream reported an error", retryable=True
-    )

@@ -7,8 +7,8 @@ whose input is the tool outputs, until the model answers with text.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import openai
@@ -26,13 +26,16 @@ from openai.types.responses import (
 )
 
 from service.assistant.events import RunEventHandler, RunResult, ToolCall
+from service.assistant.failures import response_ended, stream_error, thread_missing
 from service.assistant.retry import RetryPolicy
 from service.assistant.stream import sse_json, within_idle_limit
-from service.assistant.tooling import Toolbox, run_tool_calls
-from service.errors import ServiceError, ThreadNotFound
-from service.schemas import ErrorCode, ToolCallRecord, Usage
+from service.assistant.tooling import Toolbox, play_tool_rounds
+from service.schemas import ToolCallRecord, Usage
 
-MAX_TOOL_ROUNDS = 8
+# The answer's text: the message's output text, and a refusal's text, which is the answer the
+# user sees when the model declines (README "Speaking the real API"). Reasoning summaries,
+# code-interpreter code, tool-call arguments and every other delta are not the answer.
+_TEXT_DELTAS = frozenset({"response.output_text.delta", "response.refusal.delta"})
 
 # The stream events the backend acts on besides text deltas, by their `type`; the SDK's
 # lenient `construct` builds them (nested models included) the way its own stream does for a
@@ -63,6 +66,46 @@ class _Turn:
     usage: Usage | None = None
 
 
+@dataclass(slots=True)
+class _RequestTurns:
+    """One request's model turns on its conversation (the `ModelTurns` of the tool loop)."""
+
+    backend: ResponsesBackend
+    thread_id: str
+    message: str
+    handler: RunEventHandler
+    text_started: Callable[[], bool]
+    text: list[str] = field(default_factory=list)
+    usage: Usage | None = None
+    response_id: str | None = None
+
+    async def start(self) -> Sequence[ToolCall]:
+        return await self._turn([{"role": "user", "content": self.message}])
+
+    async def submit(self, outputs: Sequence[tuple[str, str]]) -> Sequence[ToolCall]:
+        return await self._turn(
+            [
+                {"type": "function_call_output", "call_id": call_id, "output": output}
+                for call_id, output in outputs
+            ]
+        )
+
+    async def on_text(self, delta: str) -> None:
+        self.text.append(delta)
+        await self.handler.on_text_delta(delta)
+
+    async def _turn(self, turn_input: list[dict[str, Any]]) -> Sequence[ToolCall]:
+        turn = await self.backend._retry.run(
+            functools.partial(
+                self.backend._turn, self.thread_id, turn_input, self.handler, self.on_text
+            ),
+            may_retry=lambda: not self.text_started(),
+        )
+        self.response_id = turn.response_id or self.response_id
+        self.usage = _add(self.usage, turn.usage)
+        return turn.calls or []
+
+
 class ResponsesBackend:
     """Runs requests with `client.responses.create(stream=True, conversation=...)`."""
 
@@ -90,33 +133,10 @@ class ResponsesBackend:
         *,
         text_started: Callable[[], bool],
     ) -> RunResult:
-        text: list[str] = []
+        turns = _RequestTurns(self, thread_id, message, handler, text_started)
         records: list[ToolCallRecord] = []
-        usage: Usage | None = None
-        turn_input: list[dict[str, Any]] = [{"role": "user", "content": message}]
-        response_id: str | None = None
-
-        async def on_text(delta: str) -> None:
-            text.append(delta)
-            await handler.on_text_delta(delta)
-
-        for _ in range(MAX_TOOL_ROUNDS + 1):
-            turn = await self._retry.run(
-                functools.partial(self._turn, thread_id, turn_input, handler, on_text),
-                may_retry=lambda: not text_started(),
-            )
-            response_id = turn.response_id or response_id
-            usage = _add(usage, turn.usage)
-            if not turn.calls:
-                return RunResult(response_id, "".join(text), usage, records)
-            outputs = await run_tool_calls(turn.calls, self._toolbox, handler, records)
-            turn_input = [
-                {"type": "function_call_output", "call_id": call_id, "output": output}
-                for call_id, output in outputs
-            ]
-        raise ServiceError(
-            ErrorCode.UPSTREAM_ERROR, f"The model called tools more than {MAX_TOOL_ROUNDS} times"
-        )
+        await play_tool_rounds(turns, self._toolbox, handler, records)
+        return RunResult(turns.response_id, "".join(turns.text), turns.usage, records)
 
     async def _turn(
         self,
@@ -135,9 +155,7 @@ class ResponsesBackend:
                 stream=True,
             )
         except openai.NotFoundError as exc:
-            if _error_code(exc) == "model_not_found":
-                raise
-            raise ThreadNotFound(thread_id) from exc
+            raise thread_missing(exc, thread_id) from exc
 
         turn = _Turn()
         calls: list[ToolCall] = []
@@ -146,7 +164,7 @@ class ResponsesBackend:
             # only the few events used below become SDK models (see `sse_json`).
             async for data in within_idle_limit(sse_json(stream.response), self._idle):
                 kind = data.get("type") if isinstance(data, dict) else None
-                if kind == "response.output_text.delta":
+                if kind in _TEXT_DELTAS:
                     delta = data.get("delta")
                     if isinstance(delta, str):
                         await on_text(delta)
@@ -169,41 +187,13 @@ class ResponsesBackend:
                             input_tokens=u.input_tokens, output_tokens=u.output_tokens
                         )
                 elif isinstance(event, ResponseFailedEvent | ResponseIncompleteEvent):
-                    raise _response_error(event.response)
+                    raise response_ended(event.response)
                 elif isinstance(event, ResponseErrorEvent):
-                    rate_limited = event.code == "rate_limit_exceeded"
-                    raise ServiceError(
-                        ErrorCode.RATE_LIMITED if rate_limited else ErrorCode.UPSTREAM_ERROR,
-                        "The model stream reported an error",
-                        retryable=True,
-                    )
+                    raise stream_error(event)
         finally:
             await stream.close()
         turn.calls = calls
         return turn
-
-
-def _response_error(response: Any) -> ServiceError:
-    error = getattr(response, "error", None)
-    code = getattr(error, "code", None)
-    if code == "rate_limit_exceeded":
-        return ServiceError(ErrorCode.RATE_LIMITED, "The model is rate limited", retryable=True)
-    if response.status == "incomplete":
-        return ServiceError(ErrorCode.UPSTREAM_ERROR, "The model's answer was incomplete")
-    return ServiceError(
-        ErrorCode.UPSTREAM_ERROR,
-        "The model failed to answer",
-        retryable=code in (None, "server_error"),
-    )
-
-
-def _error_code(exc: openai.APIStatusError) -> str | None:
-    body = exc.body
-    if isinstance(body, dict):
-        code = body.get("code")
-        if isinstance(code, str):
-            return code
-    return None
 
 
 def _add(total: Usage | None, more: Usage | None) -> Usage | None:

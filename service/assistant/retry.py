@@ -17,7 +17,12 @@ log = logging.getLogger("service.assistant")
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """Up to `attempts` tries, waiting `backoff`·2ⁿ (±50 %, capped) between them."""
+    """Up to `attempts` tries, waiting `backoff`·2ⁿ (±50 %, capped) between them.
+
+    Only a retryable error is tried again (see `failures.py`). When the API says how long to
+    wait (`retry-after`), that wait is used; one longer than `max_backoff` ends the request at
+    once (still `retryable`: the caller may try later) instead of holding it.
+    """
 
     attempts: int = 3
     backoff: float = 0.5
@@ -35,8 +40,13 @@ class RetryPolicy:
                 error = classify(exc)
                 if not error.retryable or attempt >= self.attempts or not may_retry():
                     raise error from exc
-                delay = min(self.backoff * 2 ** (attempt - 1), self.max_backoff)
-                delay *= 0.5 + random.random()
+                if error.retry_after is not None:
+                    if error.retry_after > self.max_backoff:
+                        raise error from exc
+                    delay = error.retry_after
+                else:
+                    delay = min(self.backoff * 2 ** (attempt - 1), self.max_backoff)
+                    delay *= 0.5 + random.random()
                 log.warning(
                     "attempt %d/%d failed (%s), retrying in %.2fs",
                     attempt,

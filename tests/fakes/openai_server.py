@@ -16,6 +16,11 @@ Endpoints (all under ``/v1``)::
     POST   /threads/{id}/runs               stream=true only; GET lists runs (newest first)
     GET    /threads/{id}/runs/{run}         POST .../cancel, POST .../submit_tool_outputs
 
+Real recordings: a turn ``[Replay(name)]`` answers the attempt with a recording of
+``../shared/real_streams`` verbatim (status, the headers a client reads, the body in chunks; see
+:mod:`tests.fakes.replay`), on any endpoint that plays turns. The function calls a replayed
+Responses stream makes are pending like scripted ones.
+
 Every conversation, thread and assistant id exists (nothing has to be created first) except
 those starting with ``conv_missing``, ``thread_missing``, ``asst_missing`` (and response ids
 starting with ``resp_missing``): those get the API's 404 error body.
@@ -79,9 +84,11 @@ from tests.fakes.openai_wire import (
     _now,
     _words,
 )
+from tests.fakes.replay import Recording
 from tests.fakes.script import (
     Drop,
     HttpError,
+    Replay,
     ScriptBook,
     Selection,
     SplitTurn,
@@ -148,6 +155,7 @@ class FakeOpenAI:
         self._response_keys: dict[str, str] = {}  # response id -> conversation key
         self._call_keys: dict[str, str] = {}  # call id -> conversation key
         self._pending_calls: dict[str, list[str]] = {}  # conversation key -> unanswered calls
+        self._route_replays: list[tuple[str, re.Pattern[str], str]] = []  # see replay_route
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._host = "127.0.0.1"
@@ -200,10 +208,17 @@ class FakeOpenAI:
         :mod:`tests.fakes.script` for how turns are consumed)."""
         self._book.add(match, turns)
 
+    def replay_route(self, method: str, path: str, name: str) -> None:
+        """Answer the next ``method`` request whose path matches ``path`` (a regex, anchored)
+        with the recording ``name``, whatever the endpoint (conversations, threads, …); once."""
+        with self._lock:
+            self._route_replays.append((method.upper(), re.compile(path), name))
+
     def reset(self) -> None:
         """Forget scripts, recorded requests, conversations, threads and runs."""
         self._book.reset()
         with self._lock:
+            self._route_replays.clear()
             self._requests.clear()
             self._conversations.clear()
             self._assistants_api.clear()
@@ -288,6 +303,9 @@ class FakeOpenAI:
                     code="invalid_api_key",
                 )
             request[_BODY] = body if isinstance(body, dict) else {}
+            replay = self._take_route_replay(request.method, request.path)
+            if replay is not None:
+                return await self._replay(request, Recording.load(replay), 0.0)
             task = asyncio.current_task()
             if task is not None:
                 self._tasks.add(task)
@@ -306,6 +324,14 @@ class FakeOpenAI:
         self._assistants_api.add_routes(app)
         add("*", "/{tail:.*}", self._invalid_url)  # last: everything not routed above
         return app
+
+    def _take_route_replay(self, method: str, path: str) -> str | None:
+        with self._lock:
+            for i, (wanted, pattern, name) in enumerate(self._route_replays):
+                if wanted == method and pattern.fullmatch(path):
+                    del self._route_replays[i]
+                    return name
+        return None
 
     async def _invalid_url(self, request: web.Request) -> web.Response:
         return _error(404, f"Invalid URL ({request.method} {request.path})")
@@ -364,11 +390,28 @@ class FakeOpenAI:
                 code=early.code or code,
                 headers=early.headers,
             )
+        if isinstance(early, Replay):
+            return await self._replay(request, Recording.load(early.name), early.interval)
         if isinstance(early, Drop):
             if request.transport is not None:
                 request.transport.close()
             return web.StreamResponse()
         return None
+
+    async def _replay(
+        self, request: web.Request, recording: Recording, interval: float
+    ) -> web.StreamResponse:
+        """Send a recording as the API sent it: status, headers, body in chunks."""
+        response = web.StreamResponse(status=recording.status, headers=recording.headers())
+        if not recording.streamed:
+            response.content_length = len(recording.body)
+        await response.prepare(request)
+        for chunk in recording.chunks():
+            await response.write(chunk)
+            if interval:
+                await asyncio.sleep(interval)
+        await response.write_eof()
+        return response
 
     # ----- Responses + Conversations -----
 
@@ -399,6 +442,11 @@ class FakeOpenAI:
             request, selection, body, text or " ".join(o.output for o in outputs)
         )
         if isinstance(turn, web.StreamResponse):
+            replayed = _replayed_calls(selection)
+            if replayed:  # the recording's calls wait for their outputs, as scripted ones do
+                with self._lock:
+                    self._call_keys.update(dict.fromkeys(replayed, key))
+                    self._pending_calls[key] = replayed
             return turn
         response_id = _new_id("resp")
         calls = [s.call_id for s in turn.stream if isinstance(s, ToolCall) and s.call_id]
@@ -478,6 +526,17 @@ class FakeOpenAI:
         with self._lock:
             self._conversations.pop(conversation_id, None)
         return _json({"id": conversation_id, "object": "conversation.deleted", "deleted": True})
+
+
+def _replayed_calls(selection: Selection) -> list[str]:
+    """The call ids of the function calls a replayed recording streams."""
+    turn = selection.turn
+    if callable(turn) or not turn or not isinstance(turn[-1], Replay):
+        return []
+    recording = Recording.load(turn[-1].name)
+    if recording.status != 200:
+        return []
+    return [str(item.get("call_id")) for item in recording.function_calls()]
 
 
 def _conversation_not_found(conversation_id: str) -> web.Response:

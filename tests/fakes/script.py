@@ -45,6 +45,7 @@ from typing import Any, Literal, get_args
 __all__ = [
     "Drop",
     "HttpError",
+    "Replay",
     "ScriptBook",
     "Selection",
     "Stall",
@@ -100,6 +101,20 @@ class HttpError:
     code: str | None = None
     headers: dict[str, str] | None = None
     error_type: str | None = None
+
+
+@dataclass(frozen=True)
+class Replay:
+    """Answer the attempt with a real API recording, verbatim (see :mod:`tests.fakes.replay`):
+    its HTTP status, the headers a client reads, and its body (a stream or an error body) in
+    chunks of varying size. ``name`` is the recording's file name without ``.sse`` /
+    ``.body.json``. Must be the only step of its turn (after optional
+    ``Stall(before_response=True)``). The function calls it streams are pending like scripted
+    ones: the next attempt must carry their outputs."""
+
+    name: str
+    interval: float = 0.0
+    """Seconds between chunks."""
 
 
 @dataclass(frozen=True)
@@ -164,7 +179,7 @@ class Usage:
     output_tokens: int
 
 
-Step = Text | ToolCall | HttpError | Drop | Stall | StreamError | Usage
+Step = Text | ToolCall | HttpError | Replay | Drop | Stall | StreamError | Usage
 TurnFunction = Callable[[dict[str, Any]], Sequence[Step]]
 Turn = Sequence[Step] | TurnFunction
 
@@ -175,7 +190,7 @@ class SplitTurn:
     a dropped connection instead of a response), then the steps played inside the stream."""
 
     before: tuple[Stall, ...]
-    early: HttpError | Drop | None
+    early: HttpError | Replay | Drop | None
     stream: tuple[Step, ...]
 
 
@@ -190,12 +205,12 @@ def split_turn(steps: Sequence[Step]) -> SplitTurn:
     i = len(before)
     rest = steps[i:]
     first = rest[0] if rest else None
-    if isinstance(first, HttpError) or (isinstance(first, Drop) and first.before_response):
+    if isinstance(first, HttpError | Replay) or (isinstance(first, Drop) and first.before_response):
         if len(rest) > 1:
             raise ValueError(f"{first!r} ends the attempt: nothing may follow it, got {rest[1:]!r}")
         return SplitTurn(tuple(before), first, ())
     for n, step in enumerate(rest):
-        if isinstance(step, HttpError):
+        if isinstance(step, HttpError | Replay):
             raise ValueError(f"{step!r} must be the only step of its turn (the stream started)")
         if isinstance(step, Stall | Drop) and step.before_response:
             raise ValueError(f"{step!r} must come before every stream step")
