@@ -1,0 +1,189 @@
+"""Three replicas of the real service on the machine's RabbitMQ, sharing one Redis (contract §11).
+
+Every model turn goes through a recording proxy (tests/fakes/turns.py), so the tests see when
+each conversation's turns started and ended whichever replica ran them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from tests.conftest import Fakes
+from tests.fakes.script import Text
+from tests.fakes.turns import TurnRecorder, overlaps
+from tests.harness import Broker, ServiceNames, service_env
+from tests.replicas import ReplicaGroup, close_connections
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+SHARDS = 12
+
+
+def tag() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+def slow(words: int, interval: float) -> list[list[Text]]:
+    return [[Text(*[f"w{i} " for i in range(words)], interval=interval)]]
+
+
+@dataclass
+class Cluster:
+    """Replicas, the test's AMQP client, the fakes and the turn recorder."""
+
+    names: ServiceNames
+    broker: Broker
+    group: ReplicaGroup
+    fakes: Fakes
+    turns: TurnRecorder
+
+    def body(self, conversation: str, text: str, **fields: Any) -> dict[str, Any]:
+        return {"message": text, "channel": conversation, "message_id": f"m-{tag()}", **fields}
+
+    async def publish_all(self, bodies: list[dict[str, Any]]) -> None:
+        """One channel, each publish confirmed before the next (§11's order premise)."""
+        channel = await self.broker.connection.channel(publisher_confirms=True)
+        try:
+            import aio_pika
+
+            exchange = await channel.get_exchange(self.names.exchange, ensure=False)
+            for body in bodies:
+                await exchange.publish(
+                    aio_pika.Message(
+                        __import__("json").dumps(body).encode(),
+                        content_type="application/json",
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    ),
+                    routing_key=self.names.routing_key,
+                )
+        finally:
+            await channel.close()
+
+    async def finals(self, bodies: list[dict[str, Any]], timeout: float = 60) -> None:
+        ids = [b["message_id"] for b in bodies]
+        await self.broker.wait_until(
+            lambda: all(self.broker.events_for(i) for i in ids), timeout, f"{len(ids)} finals"
+        )
+
+    def assert_each_once_completed(self, bodies: list[dict[str, Any]]) -> None:
+        for body in bodies:
+            events = self.broker.events_for(body["message_id"])
+            assert len(events) == 1, (body, events)
+            assert events[0]["event"] == "completed", events[0]
+
+    def assert_order_and_no_overlap(self, bodies: list[dict[str, Any]]) -> None:
+        turns = self.turns.turns
+        assert not overlaps(turns), overlaps(turns)[:3]
+        by_conversation: dict[str, list[str]] = {}
+        for body in bodies:
+            by_conversation.setdefault(body["channel"], []).append(body["message"])
+        for conversation, texts in by_conversation.items():
+            started = [
+                t.text
+                for t in sorted(turns, key=lambda t: t.started)
+                if t.conversation == conversation and t.text
+            ]
+            firsts = list(dict.fromkeys(started))
+            assert firsts == texts, (conversation, firsts, texts)
+
+
+async def _delete_keys(prefix: str) -> None:
+    client = aioredis.from_url(REDIS_URL)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=500)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+async def _delete_shards(broker: Broker, names: ServiceNames, shards: int) -> None:
+    channel = await broker.connection.channel()
+    for shard in range(shards):
+        try:
+            await channel.queue_delete(f"{names.queue}.shard.{shard}")
+        except Exception:
+            channel = await broker.connection.channel()
+
+
+@pytest.fixture(scope="module")
+async def cluster(fakes: Fakes, log_dir: Path) -> AsyncIterator[Cluster]:
+    recorder = TurnRecorder(fakes.openai.base_url)
+    await fakes.on_loop(recorder.start())
+    names = ServiceNames.fresh("rep")
+    broker = await Broker.open(names)
+    env = service_env(
+        names,
+        {**fakes.urls(), "OPENAI_BASE_URL": recorder.base_url},
+        REDIS_URL=REDIS_URL,
+        REPLICA_SHARDS=SHARDS,
+        LEASE_TTL=3,
+        SHUTDOWN_GRACE=10,
+    )
+    group = ReplicaGroup(names, env, log_dir, 3)
+    try:
+        await group.start_all()
+        yield Cluster(names, broker, group, fakes, recorder)
+    finally:
+        group.stop_all()
+        await _delete_shards(broker, names, SHARDS)
+        await broker.cleanup()
+        await _delete_keys(names.queue)
+        await fakes.on_loop(recorder.stop())
+
+
+async def test_double_texting_across_three_replicas_keeps_order_without_overlapping_turns(
+    cluster: Cluster,
+) -> None:
+    cluster.turns.reset()
+    bodies: list[dict[str, Any]] = []
+    for c in range(30):
+        conversation = f"conv_dt{c}_{tag()}"
+        for n in range(3):
+            body = cluster.body(conversation, f"dt {conversation} n{n}")
+            cluster.fakes.openai.script(body["message"], slow(6, 0.02))
+            bodies.append(body)
+    await cluster.publish_all(bodies)
+    await cluster.finals(bodies, timeout=90)
+    cluster.assert_each_once_completed(bodies)
+    cluster.assert_order_and_no_overlap(bodies)
+    shares = cluster.group.shares([b["message_id"] for b in bodies])
+    assert sum(shares) == len(bodies)
+    # §11 spread: 30 conversations = 10·N; each replica runs 0.45/N .. 1.65/N of them.
+    for share in shares:
+        assert 0.15 * len(bodies) <= share <= 0.55 * len(bodies), shares
+
+
+async def test_connection_loss_mid_answer_runs_nothing_twice(cluster: Cluster) -> None:
+    t = tag()
+    conversation = f"conv_cl_{t}"
+    first = cluster.body(conversation, f"cut {t} first")
+    second = cluster.body(conversation, f"cut {t} second")
+    cluster.fakes.openai.script(first["message"], slow(40, 0.05))
+    await cluster.publish_all([first, second])
+    replica = await cluster.broker.wait_until(
+        lambda: (
+            next(iter(cluster.group.runs_of(first["message_id"])), None) is not None
+            and cluster.group.runs_of(first["message_id"])[0] + 1
+        ),
+        20,
+        "the first run",
+    )
+    index = replica - 1
+    member = cluster.group.member_of(index)
+    closed = await asyncio.to_thread(close_connections, lambda props: member in props)
+    assert closed >= 2
+    await cluster.finals([first, second], timeout=60)
+    cluster.assert_each_once_completed([first, second])
+    assert cluster.group.runs_of(first["message_id"]) == [index]
+    cluster.assert_order_and_no_overlap([first, second])
