@@ -138,7 +138,8 @@ async def cluster(fakes: Fakes, log_dir: Path) -> AsyncIterator[Cluster]:
         group.stop_all()
         await _delete_shards(broker, names, SHARDS)
         await broker.cleanup()
-        await _delete_keys(names.queue)
+        if not os.environ.get("KEEP_KEYS"):
+            await _delete_keys(names.queue)
         await fakes.on_loop(recorder.stop())
 
 

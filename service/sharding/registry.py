@@ -59,10 +59,10 @@ _SHARD_OF = """
 local current = redis.call('GET', KEYS[1])
 if current then
   redis.call('EXPIRE', KEYS[1], ARGV[2])
-  return current
+  return {current, 0}
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-return ARGV[1]
+return {ARGV[1], 1}
 """
 
 
@@ -112,14 +112,17 @@ class ShardRegistry:
         values = await self.redis.mget([self.shard_key(k) for k in range(self.shards)])
         return {k: _text(v) for k, v in enumerate(values) if v is not None}
 
-    async def shard_of(self, conversation_id: str, proposed: int, ttl: int) -> int:
+    async def shard_of(self, conversation_id: str, proposed: int, ttl: int) -> tuple[int, bool]:
         """The conversation's shard: the one it has while it has requests around, else
-        `proposed` (kept `ttl` seconds after its last request)."""
-        result = await self._shard_of(
-            keys=[self.conversation_key(conversation_id)], args=[proposed, ttl]
+        `proposed` (kept `ttl` seconds after its last request); and whether it was new."""
+        result = cast(
+            "Sequence[Any]",
+            await self._shard_of(
+                keys=[self.conversation_key(conversation_id)], args=[proposed, ttl]
+            ),
         )
-        shard = int(_text(result))
-        return shard if 0 <= shard < self.shards else proposed % self.shards
+        shard, new = int(_text(result[0])), bool(int(result[1]))
+        return (shard if 0 <= shard < self.shards else proposed % self.shards), new
 
 
 def _text(value: Any) -> str:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import math
 import os
@@ -134,7 +133,7 @@ class ReplicaSet:
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._router_channel: AbstractChannel | None = None
-        self._next_shard = itertools.count(random.randrange(settings.replica_shards))
+        self._next_shard = random.randrange(settings.replica_shards)
         self._started = asyncio.Event()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -446,8 +445,11 @@ class ReplicaSet:
         if identity is None:
             return  # invalid: dead-lettered by the gate
         _message_id, conversation = identity
-        proposed = next(self._next_shard) % self.registry.shards
-        shard = await self.registry.shard_of(conversation, proposed, CONVERSATION_SHARD_TTL)
+        # A new conversation takes the next shard in turn: shards fill evenly.
+        proposed = self._next_shard % self.registry.shards
+        shard, new = await self.registry.shard_of(conversation, proposed, CONVERSATION_SHARD_TTL)
+        if new:
+            self._next_shard += 1
         headers: dict[str, Any] = dict(message.headers or {})
         if message.redelivered:
             headers[REDELIVERED_HEADER] = True
