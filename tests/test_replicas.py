@@ -188,3 +188,46 @@ async def test_connection_loss_mid_answer_runs_nothing_twice(cluster: Cluster) -
     cluster.assert_each_once_completed([first, second])
     assert cluster.group.runs_of(first["message_id"]) == [index]
     cluster.assert_order_and_no_overlap([first, second])
+
+
+async def test_sigkilled_replica_mid_answer_its_requests_finish_once_elsewhere(
+    cluster: Cluster,
+) -> None:
+    t = tag()
+    conversation = f"conv_kill_{t}"
+    first = cluster.body(conversation, f"kill {t} first")
+    second = cluster.body(conversation, f"kill {t} second")
+    cluster.fakes.openai.script(first["message"], slow(60, 0.05) + slow(5, 0.01))
+    await cluster.publish_all([first, second])
+    index = await cluster.broker.wait_until(
+        lambda: [i + 1 for i in cluster.group.runs_of(first["message_id"])], 20, "first run"
+    )
+    victim = index[0] - 1
+    cluster.group.kill(victim)
+    await cluster.finals([first, second], timeout=60)
+    cluster.assert_each_once_completed([first, second])
+    runs = cluster.group.runs_of(first["message_id"])
+    # Started on the victim, then once more (and only once) on another replica.
+    assert sorted(runs) == sorted({victim, *runs}) and len(runs) == 2 and victim in runs, runs
+    assert len(cluster.group.runs_of(second["message_id"])) == 1
+    cluster.assert_order_and_no_overlap([first, second])
+    await cluster.group.start(victim)
+
+
+async def test_rolling_restart_of_every_replica_loses_nothing_and_keeps_order(
+    cluster: Cluster,
+) -> None:
+    cluster.turns.reset()
+    bodies: list[dict[str, Any]] = []
+    for c in range(6):
+        conversation = f"conv_roll{c}_{tag()}"
+        for n in range(4):
+            body = cluster.body(conversation, f"roll {conversation} n{n}")
+            cluster.fakes.openai.script(body["message"], slow(10, 0.05))
+            bodies.append(body)
+    await cluster.publish_all(bodies)
+    for index in range(3):
+        await cluster.group.restart(index)
+    await cluster.finals(bodies, timeout=120)
+    cluster.assert_each_once_completed(bodies)
+    cluster.assert_order_and_no_overlap(bodies)
