@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -47,8 +48,10 @@ def ensure_installed() -> None:
     """Install Debian's rabbitmq-server and haproxy when missing (as root with apt-get)."""
     missing = [
         package
-        for package, binary in (("rabbitmq-server", RABBIT_BIN / "rabbitmq-server"),
-                                ("haproxy", Path("/usr/sbin/haproxy")))
+        for package, binary in (
+            ("rabbitmq-server", RABBIT_BIN / "rabbitmq-server"),
+            ("haproxy", Path("/usr/sbin/haproxy")),
+        )
         if not binary.exists() and shutil.which(binary.name) is None
     ]
     if not missing:
@@ -135,11 +138,19 @@ class RabbitCluster:
 
     def rabbitmqctl(self, index: int = 0) -> list[str]:
         """The command prefix of `rabbitmqctl` against node `index` (for close_connections)."""
-        return ["env", *(f"{k}={v}" for k, v in self._ctl_env().items()),
-                str(RABBIT_BIN / "rabbitmqctl"), "-n", self.nodes[index].node]
+        return [
+            "env",
+            *(f"{k}={v}" for k, v in self._ctl_env().items()),
+            str(RABBIT_BIN / "rabbitmqctl"),
+            "-n",
+            self.nodes[index].node,
+        ]
 
     def _ctl_env(self) -> dict[str, str]:
-        return {"HOME": str(self.home), "RABBITMQ_CONF_ENV_FILE": str(self.base / "rabbitmq-env.conf")}
+        return {
+            "HOME": str(self.home),
+            "RABBITMQ_CONF_ENV_FILE": str(self.base / "rabbitmq-env.conf"),
+        }
 
     def ctl(self, index: int, *command: str, timeout: float = 120) -> str:
         result = subprocess.run(
@@ -261,8 +272,15 @@ class RabbitCluster:
         for index, node in enumerate(self.nodes):
             if node.process is None or node.process.poll() is not None:
                 continue
-            listing = self.ctl(index, "--no-table-headers", "list_connections", "node", "client_properties")
-            return [line.split("\t", 1)[0] for line in listing.splitlines() if name_part in line]
+            listing = self.ctl(
+                index, "--no-table-headers", "list_connections", "pid", "client_properties"
+            )
+            # A connection's pid names its node: <name@host.1234.0>.
+            return [
+                match.group(1)
+                for line in listing.splitlines()
+                if name_part in line and (match := re.match(r"<([^@\s]+@[^.\s]+)\.", line))
+            ]
         return []
 
     def index_of(self, node_name: str) -> int:

@@ -3,6 +3,7 @@ which shard each conversation's requests go to. Keys are prefixed with QUEUE_NAM
 
     <QUEUE_NAME>:replicas            sorted set: replica id → lease expiry (Redis clock, ms)
     <QUEUE_NAME>:shard:<k>           the replica consuming shard k (a lease, PX ttl)
+    <QUEUE_NAME>:router              the replica consuming QUEUE_NAME (a lease, PX ttl)
     <QUEUE_NAME>:conversation:<id>   the shard of a conversation (refreshed on each request)
 
 Every lease is an ordinary Redis key with a time to live, renewed by its holder: a replica
@@ -96,13 +97,24 @@ class ShardRegistry:
         )
         return [_text(m) for m in cast("Sequence[Any]", result)]
 
-    async def hold(self, member: str, wanted: frozenset[int]) -> frozenset[int]:
-        """Take the wanted shards that are free and renew every shard this member holds."""
-        keys = [self.shard_key(k) for k in range(self.shards)]
+    @property
+    def router_key(self) -> str:
+        return f"{self.prefix}:router"
+
+    async def hold(
+        self, member: str, wanted: frozenset[int], *, route: bool = False
+    ) -> tuple[frozenset[int], bool]:
+        """Take the wanted shards (and, `route`, the router role) when free, and renew every
+        lease this member holds. Returns the shards held and whether it holds the router."""
+        keys = [self.shard_key(k) for k in range(self.shards)] + [self.router_key]
         args: list[Any] = [member, self.ttl_ms]
         args += ["1" if k in wanted else "0" for k in range(self.shards)]
-        result = await self._leases(keys=keys, args=args)
-        return frozenset(k for k, held in enumerate(cast("Sequence[Any]", result)) if int(held))
+        args.append("1" if route else "0")
+        result = [int(x) for x in cast("Sequence[Any]", await self._leases(keys=keys, args=args))]
+        return frozenset(k for k, held in enumerate(result[:-1]) if held), bool(result[-1])
+
+    async def release_router(self, member: str) -> None:
+        await self._release(keys=[self.router_key], args=[member])
 
     async def release(self, member: str, shard: int) -> None:
         await self._release(keys=[self.shard_key(shard)], args=[member])

@@ -5,8 +5,10 @@
                                                                        │
                               the replica holding shard k's lease ◄────┘ ─► delivery path
 
-* **Router.** Every replica tries to consume QUEUE_NAME as an AMQP *exclusive* consumer; the
-  broker lets exactly one succeed, the others retry every tick. The router validates each
+* **Router.** The replica holding the Redis router lease consumes QUEUE_NAME (also as an AMQP
+  *exclusive* consumer: on a classic queue the broker refuses a second one; measured, a
+  RabbitMQ 3.10 quorum queue accepts several, hence the lease). The others retry every tick;
+  a router that dies loses the lease after LEASE_TTL. The router validates each
   request (invalid ones are dead-lettered from QUEUE_NAME as in version 1), looks up the
   conversation's shard in Redis (a new conversation gets the next shard, round robin), and
   republishes the request persistently to that shard, with publisher confirms, one at a time
@@ -123,6 +125,7 @@ class ReplicaSet:
         self.wanted: frozenset[int] = frozenset()
         self.consumers: dict[int, _ShardConsumer] = {}
         self.routing = False
+        self.router_held = False
         self.routed = 0
         self._taking = True
         self._closing = False
@@ -190,7 +193,9 @@ class ReplicaSet:
             await self.registry.heartbeat(self.member, alive=False)
             for shard in range(self.registry.shards):
                 await self.registry.release(self.member, shard)
+            await self.registry.release_router(self.member)
             self.held = frozenset()
+            self.router_held = False
         log.info("replicas: %s left; its shards are free", self.member)
 
     async def close(self) -> None:
@@ -228,6 +233,7 @@ class ReplicaSet:
                     if self.held:
                         log.warning("replicas: leases not renewed in time; stopping shards")
                     self.held = frozenset()
+                    self.router_held = False
                     self._changed.set()
 
     async def _heartbeat(self) -> None:
@@ -237,8 +243,11 @@ class ReplicaSet:
         present = self._taking and not self._closing and not offline
         members = await self.registry.heartbeat(self.member, alive=present)
         wanted = owned_by(self.member, members, self.registry.shards) if present else frozenset()
-        held = await self.registry.hold(self.member, wanted)
+        held, router = await self.registry.hold(self.member, wanted, route=present)
         self._renewed_at = time.monotonic()
+        if router != self.router_held:
+            self.router_held = router
+            self._changed.set()
         if members != self.members:
             log.info("replicas: live %s", ", ".join(members) or "(none)")
         changed = (members, wanted, held) != (self.members, self.wanted, self.held)
@@ -315,7 +324,9 @@ class ReplicaSet:
         while not self._closing and not closed.is_set():
             self._changed.clear()
             await self._converge()
-            if self._taking and not self.routing:
+            if self.routing and not (self._taking and self.router_held):
+                await self._stop_router()
+            if self._taking and self.router_held and not self.routing:
                 await self._try_route()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.tick):
