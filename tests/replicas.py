@@ -141,9 +141,11 @@ class ReplicaGroup:
 
 
 def _ready(base: str) -> bool:
-    with contextlib.suppress(urllib.error.URLError, OSError):
-        with urllib.request.urlopen(f"{base}/readyz", timeout=2) as response:
-            return bool(response.status == 200)
+    with (
+        contextlib.suppress(urllib.error.URLError, OSError),
+        urllib.request.urlopen(f"{base}/readyz", timeout=2) as response,
+    ):
+        return bool(response.status == 200)
     return False
 
 

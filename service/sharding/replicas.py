@@ -184,7 +184,7 @@ class ReplicaSet:
     async def _release_when_returned(self) -> None:
         deadline = time.monotonic() + 30
         await asyncio.sleep(0)
-        while self._waiting() and time.monotonic() < deadline:
+        while self._waiting() and time.monotonic() < deadline:  # noqa: ASYNC110 - polls the delivery layer
             await asyncio.sleep(0.05)
         await self._leave()
 

@@ -12,6 +12,7 @@ and that the conversation's requests started in publish order.
 
 from __future__ import annotations
 
+import itertools
 import re
 import threading
 import time
@@ -135,7 +136,7 @@ def overlaps(turns: list[Turn]) -> list[tuple[Turn, Turn]]:
         by_conversation.setdefault(turn.conversation, []).append(turn)
     for line in by_conversation.values():
         line.sort(key=lambda t: t.started)
-        for before, after in zip(line, line[1:], strict=False):
+        for before, after in itertools.pairwise(line):
             if before.ended is None or after.started < before.ended:
                 found.append((before, after))
     return found
