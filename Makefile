@@ -75,6 +75,7 @@ lock:  ## re-resolve the dependencies into requirements.lock (after editing pypr
 bench: $(VENV)/.bench  ## the benchmark (see README "Performance")
 	scripts/ensure-rabbitmq.sh
 	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.replicas  # README "Running replicas": spread, SIGKILL takeover, latency
 
 hub:  ## run the nchan hub (nginx + nchan, HUB_PROTOCOL=nchan) on HUB_PORT (8090); prints its URLs
 	scripts/hub.sh
