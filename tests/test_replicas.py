@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from service.sharding.placement import assign_shards, owned_by
+from service.sharding.registry import ShardRegistry
 from tests.conftest import Fakes
 from tests.fakes.script import Text
 from tests.fakes.turns import TurnRecorder, overlaps
@@ -141,6 +143,63 @@ async def cluster(fakes: Fakes, log_dir: Path) -> AsyncIterator[Cluster]:
         if not os.environ.get("KEEP_KEYS"):
             await _delete_keys(names.queue)
         await fakes.on_loop(recorder.stop())
+
+
+# -- placement and leases (no service process) ------------------------------------------------
+
+
+@pytest.mark.parametrize("replicas", range(1, 9))
+async def test_shards_are_spread_evenly_over_any_number_of_replicas(replicas: int) -> None:
+    members = [f"host-{n}-{1000 + n}-abc{n}" for n in range(replicas)]
+    owners = assign_shards(members, SHARDS)
+    assert sorted(owners) == list(range(SHARDS))
+    loads = [list(owners.values()).count(m) for m in members]
+    assert max(loads) - min(loads) <= 1, loads
+    # Every replica computes the same answer, whatever order it sees the members in.
+    assert assign_shards(list(reversed(members)), SHARDS) == owners
+
+
+async def test_a_replica_joining_moves_only_the_shards_it_takes() -> None:
+    before = assign_shards(["a", "b", "c"], SHARDS)
+    after = assign_shards(["a", "b", "c", "d"], SHARDS)
+    moved = [k for k in range(SHARDS) if before[k] != after[k]]
+    assert len(owned_by("d", ["a", "b", "c", "d"], SHARDS)) == 3
+    assert len(moved) <= 4, moved
+
+
+async def test_a_shard_lease_is_taken_only_when_free_and_expires_when_not_renewed() -> None:
+    client = aioredis.from_url(REDIS_URL)
+    prefix = f"test_lease_{tag()}"
+    registry = ShardRegistry(client, prefix, shards=2, ttl=0.5)
+    try:
+        assert await registry.hold("a", frozenset({0, 1}), route=True) == (frozenset({0, 1}), True)
+        # Held by "a": "b" wants both and gets neither, until "a" stops renewing.
+        assert await registry.hold("b", frozenset({0, 1}), route=True) == (frozenset(), False)
+        await registry.release("a", 1)
+        assert await registry.hold("b", frozenset({0, 1}), route=True) == (frozenset({1}), False)
+        taken = await _eventually(lambda: registry.hold("b", frozenset({0, 1}), route=True))
+        assert taken == (frozenset({0, 1}), True)
+        assert sorted(await registry.heartbeat("b")) == ["b"]
+        assert await registry.heartbeat("b", alive=False) == []
+        # A conversation keeps its shard; a new one takes the proposed one.
+        assert await registry.shard_of("conv_x", 1, 60) == (1, True)
+        assert await registry.shard_of("conv_x", 0, 60) == (1, False)
+    finally:
+        await _delete_keys(prefix)
+        await client.aclose()
+
+
+async def _eventually(attempt: Any, timeout: float = 5) -> Any:
+    """Retry `attempt()` until "b" holds everything (the other holder's lease expired)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = await attempt()
+        if result == (frozenset({0, 1}), True) or asyncio.get_running_loop().time() > deadline:
+            return result
+        await asyncio.sleep(0.1)
+
+
+# -- three replicas --------------------------------------------------------------------------
 
 
 async def test_double_texting_across_three_replicas_keeps_order_without_overlapping_turns(
