@@ -14,9 +14,10 @@ so a renewal never races a take-over.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from redis.asyncio import Redis
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 # ZADD me at now+ttl, drop the expired, return the live members.
 _HEARTBEAT = """

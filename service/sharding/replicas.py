@@ -41,7 +41,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aio_pika
 from aio_pika.abc import (
@@ -50,12 +50,16 @@ from aio_pika.abc import (
     AbstractIncomingMessage,
     AbstractQueue,
 )
-from redis.asyncio import Redis
 
 from service.config import Settings
 from service.sharding.placement import owned_by, shard_queue
 from service.sharding.registry import ShardRegistry
 from service.topology import request_queue_arguments, shard_queue_arguments
+
+if TYPE_CHECKING:
+    # Imported when replicas start: redis-py pulls in OpenTelemetry, which a single process
+    # (tracing off) must not load.
+    from redis.asyncio import Redis
 
 log = logging.getLogger("service.replicas")
 
@@ -110,6 +114,9 @@ class ReplicaSet:
         self._deliver = deliver
         self._validate = validate
         self._waiting = waiting
+        if redis is None:
+            from redis.asyncio import Redis
+
         self._redis = redis or Redis.from_url(
             settings.redis_url.get_secret_value(), socket_timeout=5, socket_connect_timeout=5
         )
