@@ -3,7 +3,9 @@
 The nodes are RabbitMQ servers of their own: own node names (`<label>-<n>@localhost`), AMQP
 and distribution ports, data, log and cookie directory, no plugins. The machine's own broker
 (rabbit@localhost:5672) is never touched: every command here names one of our nodes, and
-`rabbitmqctl` runs with our cookie. HAProxy runs `deploy/haproxy/haproxy.cfg` (the file the
+`rabbitmqctl` runs with our cookie. Unlike tests/rabbit_node.py (one node that shares the
+machine broker's cookie, joined node by node), the nodes run with a cookie of their own and
+form the cluster at boot (classic-config peer discovery), which is quicker for three nodes. HAProxy runs `deploy/haproxy/haproxy.cfg` (the file the
 README tells operators to copy) with its ports filled in through the environment.
 
     with RabbitCluster.started() as cluster:      # ~10 s on an idle machine
@@ -27,15 +29,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.rabbit_node import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 HAPROXY_CFG = ROOT / "deploy" / "haproxy" / "haproxy.cfg"
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def port_open(port: int) -> bool:
