@@ -40,7 +40,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import aio_pika
@@ -92,7 +92,6 @@ class _ShardConsumer:
     channel: AbstractChannel
     queue: AbstractQueue
     tag: str
-    pending: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 class ReplicaSet:
@@ -249,6 +248,10 @@ class ReplicaSet:
         )
         present = self._taking and not self._closing and not offline
         members = await self.registry.heartbeat(self.member, alive=present)
+        if offline and (self.held or self.router_held):
+            # No broker for a while: give the shards up so that connected replicas take them.
+            log.warning("replicas: broker unreachable for %gs; giving shards up", OUTAGE_LIMIT)
+            await self._leave()
         wanted = owned_by(self.member, members, self.registry.shards) if present else frozenset()
         held, router = await self.registry.hold(self.member, wanted, route=present)
         self._renewed_at = time.monotonic()
@@ -364,17 +367,7 @@ class ReplicaSet:
         queue = await channel.get_queue(shard_queue(self.settings.queue_name, shard), ensure=False)
         consumer = _ShardConsumer(shard, channel, queue, tag="")
 
-        async def on_message(message: AbstractIncomingMessage) -> None:
-            task = asyncio.current_task()
-            if task is not None:
-                consumer.pending.add(task)
-            try:
-                await self._deliver(message)
-            finally:
-                if task is not None:
-                    consumer.pending.discard(task)
-
-        consumer.tag = await queue.consume(on_message)
+        consumer.tag = await queue.consume(self._deliver)
         self.consumers[shard] = consumer
         log.info("replicas: consuming shard %d", shard)
 
