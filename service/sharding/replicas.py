@@ -288,17 +288,26 @@ class ReplicaSet:
             self._connection = connection
             closed = asyncio.Event()
             connection.close_callbacks.add(lambda *_, event=closed: event.set())
+            if connection.is_closed:
+                closed.set()
+            # The work on this connection stops the moment it closes, even if a call on it
+            # never returns (seen: an RPC in flight when the broker closed the connection).
+            work = asyncio.create_task(self._use(connection, closed))
+            gone = asyncio.create_task(closed.wait())
             try:
-                await self._declare(connection)
-                self._connected_at = time.monotonic()
-                self._started.set()
-                log.info("replicas: connected")
-                await self._serve(closed)
+                await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if not work.done():
+                    work.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await work
+                elif not work.cancelled() and work.exception() is not None:
+                    error = work.exception()
+                    log.warning("replicas: connection lost (%s: %s)", type(error).__name__, error)
             except asyncio.CancelledError:
+                work.cancel()
                 raise
-            except Exception as exc:
-                log.warning("replicas: connection lost (%s: %s)", type(exc).__name__, exc)
             finally:
+                gone.cancel()
                 self._connected_at = None
                 self._disconnected_at = time.monotonic()
                 self.consumers.clear()
@@ -309,6 +318,14 @@ class ReplicaSet:
                     await connection.close()
             if not self._closing:
                 log.warning("replicas: broker connection closed; reconnecting")
+
+    async def _use(self, connection: AbstractConnection, closed: asyncio.Event) -> None:
+        async with asyncio.timeout(60):
+            await self._declare(connection)
+        self._connected_at = time.monotonic()
+        self._started.set()
+        log.info("replicas: connected")
+        await self._serve(closed)
 
     async def _declare(self, connection: AbstractConnection) -> None:
         s = self.settings
@@ -333,7 +350,8 @@ class ReplicaSet:
     async def _serve(self, closed: asyncio.Event) -> None:
         while not self._closing and not closed.is_set():
             self._changed.clear()
-            await self._converge()
+            async with asyncio.timeout(60):
+                await self._converge()
             if self.routing and not (self._taking and self.router_held):
                 await self._stop_router()
             if self._taking and self.router_held and not self.routing:
