@@ -23,7 +23,7 @@
   consumer at a time takes from the shard in order, and the delivery path (service/delivery,
   with the shared coordinator) runs a conversation's requests one at a time in arrival order.
 
-The connection is this module's own (named `assistant-service <QUEUE_NAME> <replica id>`) and is
+The connection is this module's own (`assistant-service <QUEUE_NAME> <replica id> replicas`) and is
 re-opened through the same RABBITMQ_URL whenever it drops: consumers are set up again by this
 code, not by the client library's recovery (see README "Running replicas").
 """
@@ -109,7 +109,7 @@ class ReplicaSet:
     ) -> None:
         self.settings = settings
         self.member = member or replica_id()
-        self.connection_name = f"assistant-service {settings.queue_name} {self.member}"
+        self.connection_name = f"assistant-service {settings.queue_name} {self.member} replicas"
         self._deliver = deliver
         self._validate = validate
         self._waiting = waiting
