@@ -172,3 +172,19 @@ def close_connections(
             )
             closed += 1
     return closed
+
+
+async def delete_shard_queues(url: str, queue: str, shards: int = 12) -> None:
+    """Remove the shard queues `<queue>.shard.<k>` a replica set declared (test clean-up)."""
+    import aio_pika
+
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel()
+        for shard in range(shards):
+            try:
+                await channel.queue_delete(f"{queue}.shard.{shard}")
+            except Exception:
+                channel = await connection.channel()
+    finally:
+        await connection.close()

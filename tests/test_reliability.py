@@ -424,6 +424,8 @@ async def test_with_redis_a_copy_on_a_second_process_never_runs_twice(
     the one running a request drops, the copy lands anywhere, the request still runs once."""
     import redis.asyncio as aioredis
 
+    from tests.harness import RABBITMQ_URL
+    from tests.replicas import delete_shard_queues
     from tests.test_coordination import REDIS_URL
 
     async with start_stack(fakes, log_dir, "responses", REDIS_URL=REDIS_URL) as stack:
@@ -449,6 +451,7 @@ async def test_with_redis_a_copy_on_a_second_process_never_runs_twice(
             assert len(model_turns(fakes, t)) == 1
         finally:
             second.stop()
+    await delete_shard_queues(RABBITMQ_URL, stack.names.queue)
     client = aioredis.Redis.from_url(REDIS_URL)
     keys = [key async for key in client.scan_iter(match=f"{stack.names.queue}:*")]
     if keys:

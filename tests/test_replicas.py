@@ -22,8 +22,8 @@ from service.sharding.registry import ShardRegistry
 from tests.conftest import Fakes
 from tests.fakes.script import Text
 from tests.fakes.turns import TurnRecorder, overlaps
-from tests.harness import Broker, ServiceNames, service_env
-from tests.replicas import ReplicaGroup, close_connections
+from tests.harness import RABBITMQ_URL, Broker, ServiceNames, service_env
+from tests.replicas import ReplicaGroup, close_connections, delete_shard_queues
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -109,15 +109,6 @@ async def _delete_keys(prefix: str) -> None:
         await client.aclose()
 
 
-async def _delete_shards(broker: Broker, names: ServiceNames, shards: int) -> None:
-    channel = await broker.connection.channel()
-    for shard in range(shards):
-        try:
-            await channel.queue_delete(f"{names.queue}.shard.{shard}")
-        except Exception:
-            channel = await broker.connection.channel()
-
-
 @pytest.fixture(scope="module")
 async def cluster(fakes: Fakes, log_dir: Path) -> AsyncIterator[Cluster]:
     recorder = TurnRecorder(fakes.openai.base_url)
@@ -138,7 +129,7 @@ async def cluster(fakes: Fakes, log_dir: Path) -> AsyncIterator[Cluster]:
         yield Cluster(names, broker, group, fakes, recorder)
     finally:
         group.stop_all()
-        await _delete_shards(broker, names, SHARDS)
+        await delete_shard_queues(RABBITMQ_URL, names.queue, SHARDS)
         await broker.cleanup()
         if not os.environ.get("KEEP_KEYS"):
             await _delete_keys(names.queue)
