@@ -131,8 +131,7 @@ async def cluster(fakes: Fakes, log_dir: Path) -> AsyncIterator[Cluster]:
         group.stop_all()
         await delete_shard_queues(RABBITMQ_URL, names.queue, SHARDS)
         await broker.cleanup()
-        if not os.environ.get("KEEP_KEYS"):
-            await _delete_keys(names.queue)
+        await _delete_keys(names.queue)
         await fakes.on_loop(recorder.stop())
 
 
