@@ -168,8 +168,9 @@ class ReplicaSet:
         return (
             self._connection is not None
             and not self._connection.is_closed
-            and bool(self.wanted)
             and set(self.consumers) == set(self.wanted)
+            # A replica beyond REPLICA_SHARDS has no shard: a ready standby.
+            and (bool(self.wanted) or len(self.members) > self.registry.shards)
         )
 
     async def stop_taking(self) -> None:
