@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .PHONY: help install lock run test lint format typecheck demo chat docs docs-serve bench \
-        assistant-create assistant-delete thread-create clean hub hub-stop
+        assistant-create assistant-delete thread-create clean hub hub-stop test-cluster
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -38,7 +38,13 @@ test: $(STAMP)  ## lint, type-check, then the whole suite against the real Rabbi
 	scripts/hub.sh install
 	scripts/ensure-redis.sh
 	$(MAKE) --no-print-directory lint
-	$(VENV)/bin/pytest -q -p no:cacheprovider
+	$(VENV)/bin/pytest -q -p no:cacheprovider --ignore=tests/test_replicas.py --ignore=tests/test_cluster.py
+	$(MAKE) --no-print-directory test-cluster
+
+test-cluster: $(STAMP)  ## replicas: 3 processes on the machine's broker, then on a 3-node cluster behind HAProxy
+	scripts/ensure-rabbitmq.sh
+	scripts/ensure-redis.sh
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests/test_replicas.py tests/test_cluster.py
 
 demo: $(STAMP)  ## offline demo: fakes + service + one request that uses a tool
 	scripts/ensure-rabbitmq.sh
@@ -69,6 +75,7 @@ lock:  ## re-resolve the dependencies into requirements.lock (after editing pypr
 bench: $(VENV)/.bench  ## the benchmark (see README "Performance")
 	scripts/ensure-rabbitmq.sh
 	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.replicas  # README "Running replicas": spread, SIGKILL takeover, latency
 
 hub:  ## run the nchan hub (nginx + nchan, HUB_PROTOCOL=nchan) on HUB_PORT (8090); prints its URLs
 	scripts/hub.sh

@@ -16,9 +16,11 @@ from faststream.specification import AsyncAPI
 
 from service.assistant.runner import Runner
 from service.config import ConfigurationError, Settings, load_settings
-from service.delivery import Deliveries
+from service.delivery import Deliveries, HeldState
+from service.errors import ServiceError
 from service.handlers.answer import RequestAnswers, StreamingOptions
 from service.handlers.chat import DeliveriesRef, chat_router
+from service.handlers.validation import parse_request, readable_fields
 from service.logs import configure_logging
 from service.observability import Observability
 from service.observability.asyncapi import asyncapi_document
@@ -29,9 +31,11 @@ from service.observability.server import HttpFastStream
 from service.redaction import without_credentials
 from service.runtime import Runtime
 from service.schemas import CompletedEvent, FailedEvent
+from service.sharding.replicas import ReplicaSet, is_redelivered, mark_redelivered, replica_id
 from service.topology import Topology
 
 if TYPE_CHECKING:
+    from aio_pika.abc import AbstractIncomingMessage
     from faststream.rabbit.utils import RabbitClientProperties
 
 log = logging.getLogger("service")
@@ -50,13 +54,13 @@ def create_app(
     settings = settings or load_settings()
     observability = observability or Observability(settings)
     topology = Topology.from_settings(settings)
+    member = replica_id() if settings.redis_url.get_secret_value() else None
+    connection_name = f"assistant-service {settings.queue_name}" + (f" {member}" if member else "")
     broker = RabbitBroker(
         settings.rabbitmq_url.get_secret_value(),
         default_channel=Channel(prefetch_count=settings.max_concurrency),
         # Named, so operators (and the fault tests) can tell this connection apart.
-        client_properties=cast(
-            "RabbitClientProperties", {"name": f"assistant-service {settings.queue_name}"}
-        ),
+        client_properties=cast("RabbitClientProperties", {"name": connection_name}),
         # No wait inside FastStream's own stop: `drain_runs` (below) has ended every held
         # request by then, within SHUTDOWN_GRACE, and FastStream's wait would only hold up the
         # consumer's cancel (returned requests would bounce back to this process).
@@ -70,7 +74,10 @@ def create_app(
     )
     ref = DeliveriesRef()
     router, requests_subscriber = chat_router(topology, ref)
-    broker.include_router(router)
+    # Replicas (REDIS_URL): QUEUE_NAME is consumed by the replica set's router instead.
+    replicas = replica_set(settings, ref, member)
+    if replicas is None:
+        broker.include_router(router)
     completed = broker.publisher(
         exchange=topology.events_exchange,
         routing_key=topology.completed_routing_key,
@@ -91,7 +98,9 @@ def create_app(
     )
     runtime = Runtime(settings)
     observability.metrics.watch_runtime(runtime)
-    readiness = Readiness(broker, runtime)
+    readiness = Readiness(
+        broker, runtime, consumers=replicas.converged if replicas is not None else None
+    )
 
     async def declare_and_start() -> None:
         configure_logging(settings)
@@ -132,8 +141,10 @@ def create_app(
             coordinator=runtime.coordinator,
             max_deliveries=settings.max_deliveries,
             # Cancels the consumer on its current channel (also after a reconnect).
-            stop_consuming=requests_subscriber.stop,
+            stop_consuming=requests_subscriber.stop if replicas is None else replicas.stop_taking,
         )
+        if replicas is not None:
+            await replicas.start()
 
     async def drain_runs() -> None:
         # Before FastStream stops the consumer: stop deliveries, requeue what has not
@@ -141,6 +152,8 @@ def create_app(
         # its final payload, final event and ack).
         if ref.deliveries is not None:
             await ref.deliveries.shutdown(settings.shutdown_grace)
+        if replicas is not None:
+            await replicas.close()
 
     async def stop_clients() -> None:
         await runtime.stop()
@@ -166,6 +179,51 @@ def create_app(
     for path, route in routes:
         app.mount(path, route)
     return app
+
+
+def replica_set(settings: Settings, ref: DeliveriesRef, member: str | None) -> ReplicaSet | None:
+    """REDIS_URL set: the router and shard consumers of README "Running replicas"."""
+    if not settings.redis_url.get_secret_value():
+        return None
+
+    async def reject(raw: AbstractIncomingMessage, error: ServiceError) -> None:
+        fields = readable_fields(raw.body)
+        await ref.get().reject_invalid(
+            raw,
+            error,
+            message_id=fields.get("message_id"),
+            channel=fields.get("channel"),
+            thread_id=fields.get("thread_id") or fields.get("channel"),
+        )
+
+    async def validate(raw: AbstractIncomingMessage) -> tuple[str, str] | None:
+        try:
+            request = parse_request(raw.body, raw.content_type)
+        except ServiceError as error:
+            await reject(raw, error)
+            return None
+        return request.message_id or raw.message_id or "", request.conversation_id
+
+    async def deliver(raw: AbstractIncomingMessage) -> None:
+        # Called in delivery order; `arrive` reserves the turn before the first await.
+        if is_redelivered(raw):
+            mark_redelivered(raw)
+        try:
+            request = parse_request(raw.body, raw.content_type)
+        except ServiceError as error:
+            await reject(raw, error)
+            return
+        deliveries = ref.get()
+        deliveries.arrive(request, raw)
+        await deliveries.settle(raw)
+
+    def waiting() -> bool:
+        deliveries = ref.deliveries
+        return deliveries is not None and any(
+            held.state is HeldState.WAITING for held in deliveries.held
+        )
+
+    return ReplicaSet(settings, deliver=deliver, validate=validate, member=member, waiting=waiting)
 
 
 app = create_app()

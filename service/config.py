@@ -68,6 +68,8 @@ class Settings(BaseModel):
 
     queue_type: Literal["classic", "quorum"] = "classic"
     redis_url: SecretStr = SecretStr("")
+    # Replicas (REDIS_URL set): how many shard queues requests are routed to.
+    replica_shards: int = Field(12, ge=1, le=1024)
 
     # Delivery state (service/coordination): see settings.toml "Delivery state".
     state_dir: str = ".state"

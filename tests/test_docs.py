@@ -15,6 +15,8 @@ CHANNELS = {
     "chat-requests": ("receive", ChatRequest),
     "chat-completed": ("send", CompletedEvent),
     "chat-failed": ("send", FailedEvent),
+    # Replica mode's shard queues (README "Running replicas").
+    "chat-request-shards": ("receive", ChatRequest),
 }
 
 

@@ -208,7 +208,9 @@ async def test_asyncapi_endpoint_serves_this_instances_document(ops: Ops) -> Non
     assert document["asyncapi"] == "3.0.0"
     addresses = {channel["address"] for channel in document["channels"].values()}
     key = ops.stack.names.routing_key
-    assert addresses == {key, f"{key}.completed", f"{key}.failed"}
+    # The shard queues of replica mode are documented too (README "Running replicas").
+    shards = f"{ops.stack.names.queue}.shard.{{shard}}"
+    assert addresses == {key, f"{key}.completed", f"{key}.failed", shards}
     as_json = await ops.get("/docs/asyncapi.json")
     assert as_json.json() == document
 

@@ -44,6 +44,7 @@ def enrich(document: JSON) -> JSON:
         if "title" not in channel:
             document["channels"][channel_key] = {"title": _sentence(channel_key), **channel}
     messages: JSON = components.get("messages", {})
+    _add_replica_channels(document)
     for key, message in messages.items():
         payload: JSON = message.get("payload", {})
         ref = payload.get("$ref", "")
@@ -132,3 +133,84 @@ def _unwrap_descriptions(node: Any) -> None:
 def _unwrap(text: str) -> str:
     paragraphs = re.split(r"\n\s*\n", inspect.cleandoc(text))
     return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
+
+
+SHARDS_CHANNEL = "chat-request-shards"
+
+
+def _add_replica_channels(document: JSON) -> None:
+    """The shard queues of replica mode (REDIS_URL set; README "Running replicas").
+
+    They are consumed and published by the replica set's own AMQP connection, not by a
+    FastStream subscriber, so they are described here from the chat-requests channel.
+    """
+    channels: JSON = document.setdefault("channels", {})
+    requests = channels.get("chat-requests")
+    if requests is None or SHARDS_CHANNEL in channels:
+        return
+    queue = requests.get("bindings", {}).get("amqp", {}).get("queue", {}).get("name", "")
+    queue = queue or "<QUEUE_NAME>"
+    messages: JSON = document.setdefault("components", {}).setdefault("messages", {})
+    first: JSON = next(iter(requests.get("messages", {}).values()), {})
+    source = str(first.get("$ref", ""))
+    original = messages.get(source.rsplit("/", 1)[-1], {})
+    message = copy.deepcopy(original)
+    message["headers"] = {
+        "type": "object",
+        "properties": {
+            "x-service-redelivered": {
+                "type": "boolean",
+                "description": "Set by the router when the QUEUE_NAME copy it forwards was "
+                "redelivered by the broker: the shard consumer treats the request as a "
+                "redelivered copy (never as a fresh publish of its message_id).",
+            }
+        },
+    }
+    messages[f"{SHARDS_CHANNEL}:Message"] = message
+    channels[SHARDS_CHANNEL] = {
+        "title": "Chat request shards",
+        "address": f"{queue}.shard.{{shard}}",
+        "description": (
+            "Replica mode only (REDIS_URL set). The replica holding the Redis lease "
+            f"`{queue}:router` consumes `{queue}` and republishes each valid request, "
+            "unchanged and persistent, through the default exchange to the shard queue of its "
+            f"conversation, `{queue}.shard.<k>` (k < REPLICA_SHARDS), with publisher confirms, "
+            "in delivery order; then it acks the original. Each shard queue is durable, has "
+            "the arguments of the request queue plus `x-single-active-consumer: true` and "
+            "`x-dead-letter-routing-key: <ROUTING_KEY>` (dead letters still reach "
+            f"`{queue}_failed`), is a quorum queue when QUEUE_TYPE=quorum, and is consumed by "
+            "the one replica holding its Redis lease. Upstream never publishes here."
+        ),
+        "parameters": {"shard": {"description": "The shard index, 0 to REPLICA_SHARDS - 1."}},
+        "servers": requests.get("servers", []),
+        "messages": {"Message": {"$ref": f"#/components/messages/{SHARDS_CHANNEL}:Message"}},
+        "bindings": {
+            "amqp": {
+                "is": "queue",
+                "bindingVersion": "0.3.0",
+                "queue": {
+                    "name": f"{queue}.shard.{{shard}}",
+                    "durable": True,
+                    "exclusive": False,
+                    "autoDelete": False,
+                    "vhost": "/",
+                },
+            }
+        },
+    }
+    operations: JSON = document.setdefault("operations", {})
+    reference = [{"$ref": f"#/channels/{SHARDS_CHANNEL}/messages/Message"}]
+    operations[f"{SHARDS_CHANNEL}-route"] = {
+        "action": "send",
+        "title": "Route a request to its shard",
+        "channel": {"$ref": f"#/channels/{SHARDS_CHANNEL}"},
+        "bindings": {"amqp": {"deliveryMode": 2, "mandatory": True, "bindingVersion": "0.3.0"}},
+        "messages": reference,
+    }
+    operations[SHARDS_CHANNEL] = {
+        "action": "receive",
+        "title": "Run the requests of the shards this replica holds",
+        "channel": {"$ref": f"#/channels/{SHARDS_CHANNEL}"},
+        "bindings": {"amqp": {"ack": True, "bindingVersion": "0.3.0"}},
+        "messages": reference,
+    }

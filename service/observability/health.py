@@ -9,6 +9,7 @@ should know.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from service.observability.metrics import HubState
@@ -26,11 +27,20 @@ class HubView(Protocol):
 class Readiness:
     """The readiness checks; `started`/`stopping` are the app's after-startup/shutdown hooks."""
 
-    def __init__(self, broker: Pingable, runtime: HubView, *, ping_timeout: float = 1.0) -> None:
+    def __init__(
+        self,
+        broker: Pingable,
+        runtime: HubView,
+        *,
+        ping_timeout: float = 1.0,
+        consumers: Callable[[], bool] | None = None,
+    ) -> None:
         self._broker = broker
         self._runtime = runtime
         self._ping_timeout = ping_timeout
         self._consuming = False
+        # Replicas: true once this replica consumes every shard assigned to it.
+        self._consumers = consumers
 
     def started(self) -> None:
         self._consuming = True
@@ -43,6 +53,6 @@ class Readiness:
         hub = self._runtime.hub
         return {
             "broker": await self._broker.ping(self._ping_timeout),
-            "consuming": self._consuming,
+            "consuming": self._consuming and (self._consumers is None or self._consumers()),
             "hub": hub is not None and hub.connected,
         }
