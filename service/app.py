@@ -155,7 +155,7 @@ def create_app(
         )
         # Stop and double texting (§8): cancels from this process's own queue, on_busy.
         ref.control = answers.control = CancelControl(
-            ref.deliveries, on_busy=OnBusy(settings.on_busy)
+            ref.deliveries, on_busy=OnBusy(settings.on_busy), broadcast=cancels.interrupt
         )
         await cancels.start()
         if replicas is not None:

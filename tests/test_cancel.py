@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -332,3 +333,56 @@ async def test_terminal_chat_stop_and_ctrl_c_cancel_the_streaming_answer(
         assert out.count("  (stop sent)") == 2, out
         assert out.count("  ! cancelled: ") == 2, out
         assert out.count("(failed: cancelled") == 2, out
+
+
+async def test_interrupt_ends_the_conversations_requests_on_another_replica(
+    fakes: Fakes, log_dir: Path
+) -> None:
+    """Two service processes: a follow-up with `on_busy: interrupt` ends the first request
+    within a second wherever either of them landed (the interrupt is broadcast)."""
+    async with cancel_stack(fakes, log_dir, "responses") as cs:
+        second = ServiceProcess(
+            cs.stack.names,
+            {**cs.stack.service.env, "HTTP_PORT": "0", "STATE_DIR": str(log_dir / "state-3")},
+            log_dir / f"{cs.stack.names.prefix}-3.log",
+        )
+        second.start()
+        try:
+            await cs.stack.broker.wait_consumer(count=2)
+            tag = token()
+            fakes.openai.script(f"first {tag}", [[Text(*LONG, interval=0.02)]])
+            firsts = [
+                cs.stack.request(f"first {tag} {i}", message_id=f"a{i}-{tag}") for i in range(6)
+            ]
+            for body in firsts:
+                await cs.stack.broker.publish(body)
+            for body in firsts:
+                await cs.streaming(body["channel"])
+            # One more request shifts the broker's round robin: follow-ups land on the other
+            # replica than their first request (at least some of them).
+            await cs.stack.broker.publish(cs.stack.request(f"shift {tag}", message_id=f"s-{tag}"))
+            await cs.stack.broker.wait_event(f"s-{tag}")
+            for i, body in enumerate(firsts):
+                follow = cs.stack.request(
+                    f"then {tag} {i}", channel=body["channel"], message_id=f"b{i}-{tag}",
+                    on_busy="interrupt",
+                )  # fmt: skip
+                published = time.time()
+                await cs.stack.broker.publish(follow)
+                ended = await cs.stack.broker.wait_event(f"a{i}-{tag}")
+                assert ended["code"] == "cancelled"
+                payloads = cs.fakes.hub.payloads(body["channel"])
+                final = next(p for p in payloads if p["message_id"] == body["message_id"]
+                             and p["final_message"])  # fmt: skip
+                assert final["timestamp"] - published < 1.0
+                assert (await cs.stack.broker.wait_event(f"b{i}-{tag}"))["event"] == "completed"
+            logs = (cs.stack.service.log_text(), second.log_text())
+            across = [
+                i
+                for i in range(len(firsts))
+                for here, there in (logs, logs[::-1])
+                if f"interrupted by b{i}-{tag}" in here and f"accepted message_id=b{i}-" in there
+            ]
+            assert across, "some follow-up interrupted a request held by the other replica"
+        finally:
+            second.stop()

@@ -20,9 +20,10 @@ from __future__ import annotations
 import logging
 import weakref
 from dataclasses import dataclass
+from typing import Protocol
 
 from service.assistant.events import RunEventHandler, RunResult, ToolCall, ToolOutcome
-from service.control.policies import on_arrival
+from service.control.policies import POLICIES, on_arrival
 from service.delivery import Deliveries, Held, HeldState
 from service.errors import ServiceError
 from service.schemas import CancelRequest, ErrorCode, OnBusy
@@ -55,12 +56,24 @@ class _Mark:
     handler: _Cancellable | None = None
 
 
+class Broadcast(Protocol):
+    async def __call__(self, conversation_id: str, *, by: str, erase: bool) -> None: ...
+
+
 class CancelControl:
     """Cancels and `on_busy` for the requests one process holds."""
 
-    def __init__(self, deliveries: Deliveries, *, on_busy: OnBusy = OnBusy.ENQUEUE) -> None:
+    def __init__(
+        self,
+        deliveries: Deliveries,
+        *,
+        on_busy: OnBusy = OnBusy.ENQUEUE,
+        broadcast: Broadcast | None = None,
+    ) -> None:
+        """`broadcast`: tells the other replicas to interrupt a conversation too."""
         self._deliveries = deliveries
         self._on_busy = on_busy
+        self._broadcast = broadcast
         self._marks: weakref.WeakKeyDictionary[Held, _Mark] = weakref.WeakKeyDictionary()
 
     def _mark(self, held: Held) -> _Mark:
@@ -109,6 +122,12 @@ class CancelControl:
             for h in self._deliveries.held.in_conversation(conversation_id)
             if h is not held and h.stop is None
         ]
+        requested = POLICIES[held.request.on_busy or self._on_busy]
+        if requested.cancels_others:
+            # Interrupt and rollback need no busy test: whatever any replica holds of the
+            # conversation ends (nothing, when it is idle).
+            await self._interrupt_everywhere(held, erase=requested.erases_others)
+            return
         busy = bool(others) or await self._busy_elsewhere(conversation_id)
         policy = on_arrival(held.request.on_busy, self._on_busy, busy=busy)
         if policy.rejects_itself:
@@ -116,15 +135,28 @@ class CancelControl:
                      conversation_id)  # fmt: skip
             self._deliveries.end(held, busy_error(conversation_id))
             return
-        if not policy.cancels_others:
-            if busy:
-                log.info("message_id=%s waits its turn on conversation %s", held.message_id,
-                         conversation_id)  # fmt: skip
-            return
-        reason = cancelled_error(f"Interrupted by request {held.message_id}"[:200])
-        ended = [h for h in others if self._end(h, reason, erase=policy.erases_others)]
+        if busy:
+            log.info("message_id=%s waits its turn on conversation %s", held.message_id,
+                     conversation_id)  # fmt: skip
+
+    async def _interrupt_everywhere(self, held: Held, *, erase: bool) -> None:
+        conversation_id = held.conversation_id
+        await self.interrupt(conversation_id, by=held.message_id, erase=erase)
+        if self._broadcast is not None:
+            try:
+                await self._broadcast(conversation_id, by=held.message_id, erase=erase)
+            except Exception as exc:
+                log.warning("interrupt of %s not broadcast (%r)", conversation_id, exc)
+
+    async def interrupt(self, conversation_id: str, *, by: str, erase: bool) -> None:
+        """End every held request of the conversation except `by` as cancelled."""
+        reason = cancelled_error(f"Interrupted by request {by}"[:200])
+        others = [
+            h for h in self._deliveries.held.in_conversation(conversation_id) if h.message_id != by
+        ]
+        ended = [h for h in others if self._end(h, reason, erase=erase)]
         for other in ended:
-            log.info("message_id=%s interrupted by %s", other.message_id, held.message_id)
+            log.info("message_id=%s interrupted by %s", other.message_id, by)
             await self.announce(other)
 
     async def _busy_elsewhere(self, conversation_id: str) -> bool:
