@@ -123,7 +123,7 @@ async def test_cancel_of_a_waiting_request_ends_it_without_reaching_the_model(
 
 async def test_cancel_by_channel_ends_every_request_of_the_channel(cs: CancelStack) -> None:
     tag = token()
-    cs.fakes.openai.script(tag, [[Text(*LONG, interval=0.02)]])
+    cs.fakes.openai.script(f"{tag} number", [[Text(*LONG, interval=0.02)]])
     channel = cs.stack.new_thread()
     ids = [f"c{i}-{tag}" for i in range(3)]
     for i, message_id in enumerate(ids):
