@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .PHONY: help install lock run test lint format typecheck demo chat docs docs-serve bench \
-        assistant-create assistant-delete thread-create clean hub hub-stop test-cluster
+        assistant-create assistant-delete thread-create clean hub hub-stop test-cluster \
+        bench-cancel
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -76,6 +77,11 @@ bench: $(VENV)/.bench  ## the benchmark (see README "Performance")
 	scripts/ensure-rabbitmq.sh
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.replicas  # README "Running replicas": spread, SIGKILL takeover, latency
+	$(PY) -m benchmarks.cancel  # README "Stop and double texting": cancel latency under load
+
+bench-cancel: $(VENV)/.bench  ## cancel under load only (README "Stop and double texting")
+	scripts/ensure-rabbitmq.sh
+	$(PY) -m benchmarks.cancel
 
 hub:  ## run the nchan hub (nginx + nchan, HUB_PROTOCOL=nchan) on HUB_PORT (8090); prints its URLs
 	scripts/hub.sh

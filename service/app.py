@@ -16,9 +16,11 @@ from faststream.specification import AsyncAPI
 
 from service.assistant.runner import Runner
 from service.config import ConfigurationError, Settings, load_settings
+from service.control.registry import CancelControl
 from service.delivery import Deliveries, HeldState
 from service.errors import ServiceError
 from service.handlers.answer import RequestAnswers, StreamingOptions
+from service.handlers.cancel import CancelFeed
 from service.handlers.chat import DeliveriesRef, chat_router
 from service.handlers.validation import parse_request, readable_fields
 from service.logs import configure_logging
@@ -30,7 +32,7 @@ from service.observability.milestones import ObservedEventPublisher
 from service.observability.server import HttpFastStream
 from service.redaction import without_credentials
 from service.runtime import Runtime
-from service.schemas import CompletedEvent, FailedEvent
+from service.schemas import CompletedEvent, FailedEvent, OnBusy
 from service.sharding.replicas import ReplicaSet, is_redelivered, mark_redelivered, replica_id
 from service.topology import Topology
 
@@ -97,6 +99,14 @@ def create_app(
         description=FailedEvent.__doc__,
     )
     runtime = Runtime(settings)
+    cancels = CancelFeed(
+        broker,
+        topology.requests_exchange,
+        queue_name=settings.queue_name,
+        routing_key=topology.cancel_routing_key,
+        control=lambda: ref.control or _not_started(),
+        count=lambda outcome: observability.metrics.cancels.labels(outcome.value).inc(),
+    )
     observability.metrics.watch_runtime(runtime)
     readiness = Readiness(
         broker, runtime, consumers=replicas.converged if replicas is not None else None
@@ -143,6 +153,11 @@ def create_app(
             # Cancels the consumer on its current channel (also after a reconnect).
             stop_consuming=requests_subscriber.stop if replicas is None else replicas.stop_taking,
         )
+        # Stop and double texting (§8): cancels from this process's own queue, on_busy.
+        ref.control = answers.control = CancelControl(
+            ref.deliveries, on_busy=OnBusy(settings.on_busy), broadcast=cancels.interrupt
+        )
+        await cancels.start()
         if replicas is not None:
             await replicas.start()
 
@@ -215,6 +230,8 @@ def replica_set(settings: Settings, ref: DeliveriesRef, member: str | None) -> R
             return
         deliveries = ref.get()
         deliveries.arrive(request, raw)
+        if ref.control is not None:  # on_busy (§8), before the request waits or runs
+            await ref.control.arrived(raw)
         await deliveries.settle(raw)
 
     def waiting() -> bool:
@@ -227,3 +244,7 @@ def replica_set(settings: Settings, ref: DeliveriesRef, member: str | None) -> R
 
 
 app = create_app()
+
+
+def _not_started() -> CancelControl:
+    raise RuntimeError("the service is not started")

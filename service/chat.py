@@ -10,7 +10,8 @@ the Assistants backend) unless `--thread` names one to reuse.
     python -m service chat [--thread ID] [--channel NAME] [--timeout SECONDS]
 
 Settings come from settings.toml, `.env` and the environment, like the service's. Ctrl-D or
-`/quit` leaves.
+`/quit` leaves. While an answer streams, `/stop` or Ctrl-C publishes a cancel for it (§8,
+`<ROUTING_KEY>.cancel`); a second Ctrl-C leaves.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from service.sinks.hub import nchan_subscriber_url
 
 QUIT = {"/quit", "/exit"}
 NCHAN_META = Subprotocol("ws+meta.nchan")
+STOP = "/stop"
 HUB_GRACE = 2.0
 """Seconds to keep reading the hub after the final event, for payloads still on their way."""
 
@@ -143,6 +145,8 @@ class ChatClient:
         self._requests: AbstractExchange | None = None
         self._hub: ClientConnection | None = None
         self._reader: asyncio.Task[None] | None = None
+        self.asking: str | None = None
+        """The message_id of the question whose answer is streaming."""
 
     async def __aenter__(self) -> ChatClient:
         s = self._settings
@@ -188,12 +192,14 @@ class ChatClient:
             "message_id": message_id,
         }
         started = time.monotonic()
+        self.asking = message_id
         try:
             await self._publish(request, message_id)
             first_text = await self._follow(turn, started + timeout)
             event = await self._final_event(turn, started + timeout)
         finally:
             del self._turns[message_id]
+            self.asking = None
         if first_text is None and event is not None and event.get("text"):
             self._terminal.text(str(event["text"]))  # nothing came through the hub
         self._terminal.end_text()
@@ -218,6 +224,18 @@ class ChatClient:
                 f"no queue is bound to {self._settings.exchange_name!r} with routing key "
                 f"{self._settings.routing_key!r}: is the service running?"
             ) from None
+
+    async def stop(self) -> None:
+        """Cancel the answer that is streaming (contract §8)."""
+        if self.asking is None or self._requests is None:
+            return
+        await self._requests.publish(
+            aio_pika.Message(
+                json.dumps({"message_id": self.asking}).encode(), content_type="application/json"
+            ),
+            routing_key=f"{self._settings.routing_key}.cancel",
+        )
+        self._terminal.line("  (stop sent)")
 
     async def _follow(self, turn: _Turn, deadline: float) -> float | None:
         """Print the request's hub payloads until its final one; the time of the first text."""
@@ -427,15 +445,9 @@ async def run_chat(
                     continue
                 if not interactive:
                     terminal.line(f"you> {text}")
-                asking = asyncio.create_task(client.ask(text, timeout))
-                stop = asyncio.create_task(quit_now.wait())
-                await asyncio.wait({asking, stop}, return_when=asyncio.FIRST_COMPLETED)
-                stop.cancel()
-                if not asking.done():
-                    asking.cancel()
+                if not await _ask_with_stop(client, text, timeout, lines, quit_now):
                     terminal.line("  (interrupted)")
                     break
-                asking.result()
             if interactive:
                 out.write("\n")
     except ChatError as exc:
@@ -449,6 +461,44 @@ async def run_chat(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(signal.SIGINT)
     return 0
+
+
+async def _ask_with_stop(
+    client: ChatClient,
+    text: str,
+    timeout: float,
+    lines: asyncio.Queue[str | None],
+    quit_now: asyncio.Event,
+) -> bool:
+    """Ask, following the answer; `/stop` or a first Ctrl-C cancels it, a second one leaves
+    (returns False). Other lines typed meanwhile are asked afterwards."""
+    asking = asyncio.create_task(client.ask(text, timeout))
+    later: list[str | None] = []
+    stop_sent = False
+    while not asking.done():
+        getting = asyncio.create_task(lines.get())
+        stopping = asyncio.create_task(quit_now.wait())
+        await asyncio.wait({asking, getting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if getting.done():
+            line = getting.result()
+            if line is not None and line.strip() == STOP:
+                await client.stop()
+            else:
+                later.append(line)
+        else:
+            getting.cancel()
+        if quit_now.is_set() and not asking.done():
+            if stop_sent:
+                asking.cancel()
+                return False
+            stop_sent = True
+            quit_now.clear()
+            await client.stop()
+    for line in later:
+        lines.put_nowait(line)
+    asking.result()
+    return True
 
 
 async def _next_line(lines: asyncio.Queue[str | None], quit_now: asyncio.Event) -> str | None:

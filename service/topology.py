@@ -27,6 +27,8 @@ class Topology:
     events_exchange: RabbitExchange
     completed_routing_key: str
     failed_routing_key: str
+    cancel_routing_key: str
+    """Cancels (§8) on the requests exchange; each process binds its own queue with it."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Topology:
@@ -52,6 +54,7 @@ class Topology:
             ),
             completed_routing_key=f"{settings.routing_key}.completed",
             failed_routing_key=f"{settings.routing_key}.failed",
+            cancel_routing_key=f"{settings.routing_key}.cancel",
         )
 
 

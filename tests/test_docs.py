@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from scripts import gen_docs
-from service.schemas import ChatRequest, CompletedEvent, FailedEvent, HubPayload
+from service.schemas import CancelRequest, ChatRequest, CompletedEvent, FailedEvent, HubPayload
 
 CHANNELS = {
     "chat-requests": ("receive", ChatRequest),
@@ -17,6 +17,7 @@ CHANNELS = {
     "chat-failed": ("send", FailedEvent),
     # Replica mode's shard queues (README "Running replicas").
     "chat-request-shards": ("receive", ChatRequest),
+    "chat-cancel": ("receive", CancelRequest),
 }
 
 
@@ -45,6 +46,7 @@ def test_asyncapi_is_version_3_with_the_request_channel_and_both_event_channels(
     assert document["channels"]["chat-requests"]["address"] == "assistant.request"
     assert document["channels"]["chat-completed"]["address"] == "assistant.request.completed"
     assert document["channels"]["chat-failed"]["address"] == "assistant.request.failed"
+    assert document["channels"]["chat-cancel"]["address"] == "assistant.request.cancel"
     for name, (action, _) in CHANNELS.items():
         assert document["operations"][name]["action"] == action
         assert document["channels"][name]["title"]

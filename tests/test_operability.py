@@ -210,7 +210,8 @@ async def test_asyncapi_endpoint_serves_this_instances_document(ops: Ops) -> Non
     key = ops.stack.names.routing_key
     # The shard queues of replica mode are documented too (README "Running replicas").
     shards = f"{ops.stack.names.queue}.shard.{{shard}}"
-    assert addresses == {key, f"{key}.completed", f"{key}.failed", shards}
+    # And the cancel channel of §8 (README "Stop and double texting").
+    assert addresses == {key, f"{key}.completed", f"{key}.failed", shards, f"{key}.cancel"}
     as_json = await ops.get("/docs/asyncapi.json")
     assert as_json.json() == document
 

@@ -38,6 +38,7 @@ from openai.types.beta.threads import (
 )
 from openai.types.beta.threads.run_submit_tool_outputs_params import ToolOutput
 
+from service.assistant.abandon import settle_assistants
 from service.assistant.events import RunEventHandler, RunResult, ToolCall
 from service.assistant.failures import (
     CONNECTION,
@@ -46,6 +47,7 @@ from service.assistant.failures import (
     stream_error,
     thread_missing,
 )
+from service.assistant.footprint import Footprint, note_message
 from service.assistant.retry import RetryPolicy
 from service.assistant.stream import within_idle_limit
 from service.assistant.tooling import Toolbox, play_tool_rounds
@@ -284,6 +286,12 @@ class AssistantsBackend:
                 await self._abandon(thread_id, state.run_id)
             raise
 
+    async def settle(
+        self, thread_id: str, message: str, footprint: Footprint, *, erase: bool
+    ) -> None:
+        """After an abandoned run: see `service.assistant.abandon`."""
+        await settle_assistants(self._client, thread_id, footprint, erase=erase)
+
     # --- one stream of the run ----------------------------------------------------------
 
     async def _segment_with_retries(
@@ -375,9 +383,10 @@ class AssistantsBackend:
                 thread_id, role="user", content=message
             )
         try:
-            await call
+            created = await call
         except openai.NotFoundError as exc:
             raise thread_missing(exc, thread_id) from exc
+        note_message(created.id)
 
     async def _not_found(self, thread_id: str) -> ServiceError:
         """A 404 on run creation: the thread vanished, or the assistant does not exist."""

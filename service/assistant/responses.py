@@ -25,8 +25,10 @@ from openai.types.responses import (
     ToolParam,
 )
 
+from service.assistant.abandon import settle_responses
 from service.assistant.events import RunEventHandler, RunResult, ToolCall
 from service.assistant.failures import response_ended, stream_error, thread_missing
+from service.assistant.footprint import Footprint
 from service.assistant.retry import RetryPolicy
 from service.assistant.stream import sse_json, within_idle_limit
 from service.assistant.tooling import Toolbox, play_tool_rounds
@@ -137,6 +139,12 @@ class ResponsesBackend:
         records: list[ToolCallRecord] = []
         await play_tool_rounds(turns, self._toolbox, handler, records)
         return RunResult(turns.response_id, "".join(turns.text), turns.usage, records)
+
+    async def settle(
+        self, thread_id: str, message: str, footprint: Footprint, *, erase: bool
+    ) -> None:
+        """After an abandoned run: see `service.assistant.abandon`."""
+        await settle_responses(self._client, thread_id, message, footprint, erase=erase)
 
     async def _turn(
         self,

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from service.assistant.events import RunEventHandler, RunResult
 from service.assistant.failures import classify
+from service.assistant.footprint import Footprint
 from service.errors import RunTimeout, ServiceError
 
 
@@ -29,12 +30,30 @@ class Backend(Protocol):
     ) -> RunResult: ...
 
 
+@runtime_checkable
+class Settles(Protocol):
+    """A backend that can put a conversation in order after an abandoned run."""
+
+    async def settle(
+        self, thread_id: str, message: str, footprint: Footprint, *, erase: bool
+    ) -> None: ...
+
+
 class Runner:
     """Runs a message through a backend and reports the outcome to the handler exactly once."""
 
     def __init__(self, backend: Backend, *, run_timeout: float) -> None:
         self._backend = backend
         self._run_timeout = run_timeout
+
+    async def settle(
+        self, thread_id: str, message: str, footprint: Footprint, *, erase: bool
+    ) -> None:
+        """After a run abandoned by a cancel: complete (or, `erase`, remove) what it left in
+        the conversation (`service.assistant.abandon`)."""
+        backend: object = self._backend
+        if isinstance(backend, Settles):
+            await backend.settle(thread_id, message, footprint, erase=erase)
 
     async def run(
         self,

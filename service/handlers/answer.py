@@ -14,7 +14,9 @@ import time
 from dataclasses import dataclass
 
 from service.assistant.events import RunEventHandler, RunResult, ToolCall, ToolOutcome
+from service.assistant.footprint import Footprint
 from service.assistant.runner import Runner
+from service.control.registry import CancelControl
 from service.delivery.held import FinalEvent, Held
 from service.errors import ServiceError
 from service.observability.milestones import RunObserver
@@ -42,11 +44,14 @@ class RequestAnswers:
         hub: Hub,
         options: StreamingOptions,
         observer: RunObserver | None = None,
+        control: CancelControl | None = None,
     ) -> None:
         self._runner = runner
         self._hub = hub
         self._options = options
         self._observer = observer
+        self.control = control
+        """Cancel and double texting (§8), set once the delivery layer exists."""
 
     async def answer(self, held: Held) -> FinalEvent:
         request, message_id, thread_id = held.request, held.message_id, held.conversation_id
@@ -60,6 +65,7 @@ class RequestAnswers:
             flush_chars=self._options.flush_chars,
         )
         outcome: RunResult | ServiceError
+        footprint: Footprint | None = None
         try:
             streamer.start()
             # Milestone logs (accepted, first token, tools, final) come from the observer.
@@ -68,10 +74,22 @@ class RequestAnswers:
                 if self._observer is not None
                 else streamer
             )
-            handler = _EndedEarly(observed, held)
-            outcome = await self._runner.run(
-                thread_id, request.message, handler, text_started=lambda: streamer.text_started
+            footprint = Footprint(observed)
+            handler = (
+                self.control.handler(held, footprint)
+                if self.control is not None
+                else _EndedEarly(footprint, held)
             )
+            token = footprint.activate()
+            try:
+                outcome = await self._runner.run(
+                    thread_id,
+                    request.message,
+                    handler,
+                    text_started=lambda: streamer.text_started,
+                )
+            finally:
+                footprint.deactivate(token)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if held.stop is None or task is None:
@@ -80,6 +98,11 @@ class RequestAnswers:
             # has sent the final payload; the request still gets its one final event.
             task.uncancel()
             outcome = held.stop
+            erase = self.control.erases(held) if self.control is not None else None
+            if erase is not None and footprint is not None:
+                # Ended by a user: before the conversation's next request runs, leave the
+                # conversation usable, or (rollback) erase what this request added.
+                await self._runner.settle(thread_id, request.message, footprint, erase=erase)
         except Exception:
             # A bug in a hook or the streamer: the user still gets one final payload.
             log.exception("message_id=%s: run failed unexpectedly", message_id)

@@ -13,6 +13,7 @@ from faststream.middlewares import AckPolicy
 from faststream.rabbit import RabbitMessage, RabbitRouter
 from faststream.rabbit.subscriber import RabbitSubscriber
 
+from service.control.registry import CancelControl
 from service.delivery import Deliveries
 from service.errors import ServiceError
 from service.handlers.validation import parse_request, readable_fields
@@ -25,6 +26,7 @@ class DeliveriesRef:
 
     def __init__(self) -> None:
         self.deliveries: Deliveries | None = None
+        self.control: CancelControl | None = None
 
     def get(self) -> Deliveries:
         if self.deliveries is None:
@@ -95,7 +97,10 @@ def chat_router(topology: Topology, ref: DeliveriesRef) -> tuple[RabbitRouter, R
     # the documented payload, and `message` is also the request's main field.
     @subscriber
     async def handle_chat_request(request: ChatRequest, amqp_message: RabbitMessage) -> None:
-        await ref.get().settle(amqp_message.raw_message)
+        deliveries = ref.get()
+        if ref.control is not None:  # on_busy (§8), before the request waits or runs
+            await ref.control.arrived(amqp_message.raw_message)
+        await deliveries.settle(amqp_message.raw_message)
 
     return router, subscriber
 

@@ -4,7 +4,9 @@ FastStream (AsyncAPI 3.0) builds channels, operations and payload schemas from t
 the publishers and the models, but its message objects carry neither examples nor a readable
 title. This adds, for each message, a name, a title, a summary and a description from the
 payload model's docstring, and message `examples` from the model's JSON Schema examples
-(`json_schema_extra`); docstring line breaks are unwrapped into paragraphs.
+(`json_schema_extra`); docstring line breaks are unwrapped into paragraphs. It also adds the
+cancel channel (contract §8), which each process consumes through its own queue outside
+FastStream's subscribers (`service.handlers.cancel.CancelFeed`), so FastStream cannot see it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Any, Protocol
 
 import yaml
 from faststream.specification.base import SpecificationFactory
+
+from service.schemas import CancelRequest
 
 JSON = dict[str, Any]
 
@@ -36,6 +40,7 @@ def asyncapi_document(app: Documented) -> JSON:
 def enrich(document: JSON) -> JSON:
     """A copy of a FastStream AsyncAPI 3.0 document with message titles and examples."""
     document = copy.deepcopy(document)
+    _add_cancel_channel(document)
     _unwrap_descriptions(document)
     _order(document)
     components = document.get("components", {})
@@ -52,6 +57,59 @@ def enrich(document: JSON) -> JSON:
         schema: JSON = schemas.get(name, payload)
         messages[key] = _message(name, schema, message)
     return document
+
+
+CANCEL_CHANNEL = "chat-cancel"
+CANCEL_DESCRIPTION = """Cancels (contract §8), published by upstream to the requests exchange
+with routing key `<ROUTING_KEY>.cancel`. Every service process binds its own exclusive,
+auto-delete queue `<QUEUE_NAME>.cancel.<random>` with that key, so the direct exchange copies
+each cancel to every replica and whichever holds the request ends it within a second. Not
+acknowledged: a cancel that arrives while no process runs is lost, like the stop button of a
+closed page. A malformed cancel is logged, counted and dropped."""
+
+
+def _add_cancel_channel(document: JSON) -> None:
+    """The cancel channel, its operation, message and schema, next to the chat requests."""
+    requests = document.get("operations", {}).get("chat-requests")
+    if requests is None or CANCEL_CHANNEL in document.get("channels", {}):
+        return
+    routing_key = requests["bindings"]["amqp"]["cc"][0]
+    queue = document["channels"]["chat-requests"]["bindings"]["amqp"]["queue"]
+    message_key = f"{CANCEL_CHANNEL}:SubscribeMessage"
+    document["channels"][CANCEL_CHANNEL] = {
+        "address": f"{routing_key}.cancel",
+        "description": CANCEL_DESCRIPTION,
+        "servers": copy.deepcopy(document["channels"]["chat-requests"].get("servers", [])),
+        "messages": {"SubscribeMessage": {"$ref": f"#/components/messages/{message_key}"}},
+        "bindings": {
+            "amqp": {
+                "is": "queue",
+                "bindingVersion": "0.3.0",
+                "queue": {
+                    "name": f"{queue['name']}.cancel.<random>",
+                    "durable": False,
+                    "exclusive": True,
+                    "autoDelete": True,
+                    "vhost": queue.get("vhost", "/"),
+                },
+            }
+        },
+    }
+    document["operations"][CANCEL_CHANNEL] = {
+        "action": "receive",
+        "channel": {"$ref": f"#/channels/{CANCEL_CHANNEL}"},
+        "bindings": {
+            "amqp": {"cc": [f"{routing_key}.cancel"], "ack": False, "bindingVersion": "0.3.0"}
+        },
+        "messages": [{"$ref": f"#/channels/{CANCEL_CHANNEL}/messages/SubscribeMessage"}],
+    }
+    components = document.setdefault("components", {})
+    components.setdefault("messages", {})[message_key] = {
+        "title": message_key,
+        "payload": {"$ref": "#/components/schemas/CancelRequest"},
+    }
+    schema = CancelRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.setdefault("schemas", {})["CancelRequest"] = schema
 
 
 def to_yaml(document: JSON) -> str:

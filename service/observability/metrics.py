@@ -102,6 +102,15 @@ class ServiceMetrics:
             registry=self.registry,
         )
 
+        self.cancels = Counter(
+            "assistant_cancels_total",
+            "Cancel messages received by this process, by outcome: `cancelled` (it ended at "
+            "least one request held here), `unmatched` (none held here: with several replicas "
+            "every other replica counts one) or `malformed` (dropped).",
+            ["outcome"],
+            registry=self.registry,
+        )
+
     def watch_runtime(self, runtime: RuntimeView) -> None:
         """Export the runtime's own counters and gauges (read at scrape time)."""
         self.registry.register(RuntimeCollector(runtime))

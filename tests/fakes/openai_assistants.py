@@ -43,6 +43,7 @@ class _AssistantsApi:
         add("DELETE", "/v1/threads/{thread_id}", self._delete_thread)
         add("POST", "/v1/threads/{thread_id}/messages", self._create_message)
         add("GET", "/v1/threads/{thread_id}/messages", self._list_messages)
+        add("DELETE", "/v1/threads/{thread_id}/messages/{message_id}", self._delete_message)
         add("GET", "/v1/threads/{thread_id}/runs", self._list_runs)
         add("POST", "/v1/threads/{thread_id}/runs", self._create_run)
         add("GET", "/v1/threads/{thread_id}/runs/{run_id}", self._get_run)
@@ -186,9 +187,23 @@ class _AssistantsApi:
             if thread is None:
                 return _thread_not_found(thread_id)
             messages = list(thread.messages)
+        if "run_id" in request.query:
+            messages = [m for m in messages if m.get("run_id") == request.query["run_id"]]
         if request.query.get("order", "desc") == "desc":
             messages.reverse()
         return _json(_page(messages[: int(request.query.get("limit", "20"))]))
+
+    async def _delete_message(self, request: web.Request) -> web.Response:
+        thread_id, message_id = request.match_info["thread_id"], request.match_info["message_id"]
+        with self._lock:
+            thread = self._thread_locked(thread_id)
+            if thread is None:
+                return _thread_not_found(thread_id)
+            kept = [m for m in thread.messages if m["id"] != message_id]
+            if len(kept) == len(thread.messages):
+                return _error(404, f"No message found with id '{message_id}'.")
+            thread.messages[:] = kept
+        return _json({"id": message_id, "object": "thread.message.deleted", "deleted": True})
 
     async def _list_runs(self, request: web.Request) -> web.Response:
         thread_id = request.match_info["thread_id"]
@@ -270,6 +285,8 @@ class _AssistantsApi:
         )
         with self._lock:
             thread.runs.insert(0, run)
+            seen = list(thread.messages)
+        self._fake.conversation_items.run_turn(thread_id, run.id, seen)
         stream = _RunStream(
             self._fake, request, thread, run, resumed=False, input_tokens=_words(text)
         )
@@ -311,6 +328,12 @@ class _AssistantsApi:
                 ]
                 run.tool_step["completed_at"] = _now()
             run.status, run.required_action = "queued", None
+            seen = [
+                *thread.messages,
+                *({"type": "function_call_output", "call_id": o.call_id, "output": o.output}
+                  for o in outputs),
+            ]  # fmt: skip
+        self._fake.conversation_items.run_turn(thread_id, run.id, seen)
         stream = _RunStream(
             self._fake,
             request,

@@ -32,8 +32,9 @@ messages nor a new run; only a ``requires_action`` run accepts tool outputs.
 
 Run lifecycle (Assistants): a streamed run ends ``completed``, ``requires_action`` (until tool
 outputs arrive or it is cancelled), ``failed`` (``StreamError``, ``Drop``), ``incomplete``
-(``StreamError(kind="incomplete")``) or ``expired`` (``StreamError(kind="expired")``, or the
-client went away mid-stream). ``cancel`` moves an active run to ``cancelling``; a stream
+(``StreamError(kind="incomplete")``) or ``expired`` (``StreamError(kind="expired")``). A run
+whose client went away mid-stream goes on (the thread stays busy) until it is cancelled, or
+completes by itself after ``ABANDONED_RUN_LASTS`` seconds. ``cancel`` moves an active run to ``cancelling``; a stream
 playing it ends with ``thread.run.cancelled``. :meth:`FakeOpenAI.set_active_run` leaves a run
 active on a thread to exercise the service's wait/cancel logic.
 
@@ -72,6 +73,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fakes.conversation_items import ConversationItems
+from tests.fakes.generation import GenerationLedger
 from tests.fakes.openai_assistants import _AssistantsApi
 from tests.fakes.openai_streams import _ResponsesStream
 from tests.fakes.openai_wire import (
@@ -151,6 +154,10 @@ class FakeOpenAI:
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
         self._conversations: dict[str, dict[str, Any]] = {}
+        self.conversation_items = ConversationItems()
+        """Conversation items, and what the model saw per turn (see its module)."""
+        self.generation = GenerationLedger(enabled=record_requests)
+        """Tokens generated per stream, and after the client closed it."""
         self._assistants_api = _AssistantsApi(self)  # assistants, threads, runs
         self._response_keys: dict[str, str] = {}  # response id -> conversation key
         self._call_keys: dict[str, str] = {}  # call id -> conversation key
@@ -225,6 +232,8 @@ class FakeOpenAI:
             self._response_keys.clear()
             self._call_keys.clear()
             self._pending_calls.clear()
+        self.conversation_items.clear()
+        self.generation.clear()
 
     def assert_complete(self) -> None:
         """Raise ``AssertionError`` if a script was never used or not played to its end."""
@@ -321,6 +330,7 @@ class FakeOpenAI:
         add("POST", "/v1/conversations", self._create_conversation)
         add("GET", "/v1/conversations/{id}", self._get_conversation)
         add("DELETE", "/v1/conversations/{id}", self._delete_conversation)
+        self.conversation_items.add_routes(app)
         self._assistants_api.add_routes(app)
         add("*", "/{tail:.*}", self._invalid_url)  # last: everything not routed above
         return app
@@ -435,6 +445,11 @@ class FakeOpenAI:
         with self._lock:
             key = self._conversation_key(conversation_id, previous, outputs, text)
             problem = self._take_tool_outputs(key, outputs)
+        response_id = _new_id("resp")
+        if problem is None and isinstance(conversation_id, str):
+            problem = self.conversation_items.open_turn(
+                conversation_id, response_id, body.get("input")
+            )
         if problem is not None:
             return _error(400, problem, param="input")
         selection = self._book.next_turn(key, text, continuation=bool(outputs))
@@ -442,13 +457,13 @@ class FakeOpenAI:
             request, selection, body, text or " ".join(o.output for o in outputs)
         )
         if isinstance(turn, web.StreamResponse):
+            self.conversation_items.abort(response_id)
             replayed = _replayed_calls(selection)
             if replayed:  # the recording's calls wait for their outputs, as scripted ones do
                 with self._lock:
                     self._call_keys.update(dict.fromkeys(replayed, key))
                     self._pending_calls[key] = replayed
             return turn
-        response_id = _new_id("resp")
         calls = [s.call_id for s in turn.stream if isinstance(s, ToolCall) and s.call_id]
         with self._lock:
             self._response_keys[response_id] = key
@@ -463,7 +478,11 @@ class FakeOpenAI:
             conversation_id=conversation_id if isinstance(conversation_id, str) else None,
             input_tokens=_words(text) + sum(_words(o.output) for o in outputs),
         )
-        return await stream.play(turn.stream)
+        try:
+            return await stream.play(turn.stream)
+        finally:
+            # Committed by the stream's completion; anything else leaves no trace.
+            self.conversation_items.abort(response_id)
 
     def _conversation_key(
         self, conversation_id: Any, previous: Any, outputs: list[ToolOutput], text: str

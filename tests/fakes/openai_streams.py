@@ -33,6 +33,8 @@ from tests.fakes.script import Drop, Stall, Step, StreamError, Text, ToolCall, U
 if TYPE_CHECKING:
     from tests.fakes.openai_server import FakeOpenAI
 
+ABANDONED_RUN_LASTS = 3.0
+"""Seconds an Assistants run whose client went away goes on before it completes by itself."""
 _TOKEN = re.compile(r"\w+|\s+|[^\w\s]+")
 
 
@@ -64,6 +66,7 @@ class _Stream(ABC):
         self._input_tokens = max(1, input_tokens)
         self._output_words = 0
         self._usage: Usage | None = None
+        self._generated = fake.generation.open(self.conversation_id())
         self._resp = web.StreamResponse(
             headers={
                 "content-type": "text/event-stream; charset=utf-8",
@@ -101,8 +104,10 @@ class _Stream(ABC):
             if not await self.interrupted():
                 await self.finish()
         except ConnectionResetError:
+            self._fake.generation.closed(self._generated)
             self.abandoned()  # the client went away: nobody to tell
         except asyncio.CancelledError:
+            self._fake.generation.closed(self._generated)
             self.abandoned()
             raise
         return self._resp
@@ -114,6 +119,9 @@ class _Stream(ABC):
                 await asyncio.sleep(step.interval)
                 if await self.interrupted():
                     return
+            transport = self._request.transport
+            closing = transport is None or transport.is_closing()
+            self._fake.generation.token(self._generated, closing=closing)
             await self.text_delta(chunk)
             hook = self._fake.on_token
             if hook is not None:
@@ -127,6 +135,10 @@ class _Stream(ABC):
 
     async def send(self, data: str) -> None:
         await self._resp.write(data.encode())
+
+    def conversation_id(self) -> str | None:
+        """The conversation (or thread) this stream belongs to, for the generation ledger."""
+        return None
 
     # Rendered by each API.
     @abstractmethod
@@ -179,6 +191,7 @@ class _ResponsesStream(_Stream):
         conversation_id: str | None,
         input_tokens: int,
     ) -> None:
+        self._conversation_id = conversation_id
         super().__init__(fake, request, input_tokens)
         self._seq = 0
         self._output: list[dict[str, Any]] = []
@@ -307,10 +320,14 @@ class _ResponsesStream(_Stream):
         self._output.append(item)
         await self.event("response.output_item.done", output_index=index, item=item)
 
+    def conversation_id(self) -> str | None:
+        return self._conversation_id
+
     async def finish(self) -> None:
         await self.close_text()
         usage = _usage_json(*self.usage())
         response = self.snapshot("completed", completed_at=_now(), usage=usage)
+        self._fake.conversation_items.commit(self._response["id"], self._output)
         await self.event("response.completed", response=response)
 
     async def fail(self, error: StreamError) -> None:
@@ -349,9 +366,9 @@ class _RunStream(_Stream):
         resumed: bool,
         input_tokens: int,
     ) -> None:
-        super().__init__(fake, request, input_tokens)
         self._thread = thread
         self._run = run
+        super().__init__(fake, request, input_tokens)
         self._resumed = resumed
         self._message: dict[str, Any] | None = None
         self._message_step: dict[str, Any] | None = None
@@ -362,6 +379,9 @@ class _RunStream(_Stream):
 
     async def event(self, name: str, data: dict[str, Any]) -> None:
         await self.send(f"event: {name}\ndata: {_dumps(data)}\n\n")
+
+    def conversation_id(self) -> str | None:
+        return self._thread.id
 
     def run_json(self, **changes: Any) -> dict[str, Any]:
         """Apply ``changes`` to the run (under the fake's lock) and return its JSON."""
@@ -554,6 +574,8 @@ class _RunStream(_Stream):
         self.run_json(status="failed", failed_at=_now(), last_error=error)
 
     def abandoned(self) -> None:
+        # Like the real API, a run goes on when its client goes away: it keeps the thread
+        # busy until it is cancelled, or finishes by itself (here: after ABANDONED_RUN_LASTS).
         with self._fake._lock:
-            if self._run.status in _ACTIVE:
-                self._run.status = "expired"
+            if self._run.status in _ACTIVE and self._run.status != "cancelling":
+                self._run.clears_at = time.time() + ABANDONED_RUN_LASTS

@@ -1,0 +1,1 @@
+"""Stop and double texting (contract §8): the cancel registry and the on_busy policies."""
