@@ -50,6 +50,10 @@ demo: $(STAMP)  ## offline demo: fakes + service + one request that uses a tool
 	scripts/ensure-rabbitmq.sh
 	$(PY) -m scripts.demo
 
+demo-web: $(STAMP)  ## the web chat offline: stand-ins, hub, service with WEB_CHAT=true; prints the URL
+	scripts/ensure-rabbitmq.sh
+	$(PY) -m scripts.demo_web
+
 chat: $(STAMP)  ## terminal chat with the running service; THREAD=conv_... to reuse one (see README)
 	$(PY) -m service chat $(if $(THREAD),--thread $(THREAD))
 
