@@ -37,6 +37,7 @@ test: $(STAMP)  ## lint, type-check, then the whole suite against the real Rabbi
 	scripts/ensure-rabbitmq.sh
 	scripts/hub.sh install
 	scripts/ensure-redis.sh
+	scripts/ensure-chromium.sh
 	$(MAKE) --no-print-directory lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider --ignore=tests/test_replicas.py --ignore=tests/test_cluster.py
 	$(MAKE) --no-print-directory test-cluster
