@@ -15,9 +15,9 @@ from websockets.asyncio.client import connect
 
 from tests.conftest import Fakes
 from tests.fakes.script import HttpError, Text, ToolCall
-from tests.web_support import WEB_TOKEN, WebService, browser, guarded_web, web
+from tests.web_support import WEB_TOKEN, WebService, browser, guarded_web, nchan_web, web
 
-__all__ = ["browser", "guarded_web", "web"]  # fixtures
+__all__ = ["browser", "guarded_web", "nchan_web", "web"]  # fixtures
 
 NARROW = {"width": 390, "height": 760}
 
@@ -227,4 +227,36 @@ async def test_token_prompt_when_the_service_is_off_loopback(
     await expect(page.locator("#conversation")).not_to_have_text(channel)
     await expect(page.get_by_test_id("status")).to_have_text("idle")
     await expect(page.get_by_test_id("answer")).to_have_text("")
+    await page.context.close()
+
+
+async def test_reload_mid_answer_with_nchan_shows_the_whole_answer_and_goes_on(
+    nchan_web: WebService, browser: Browser, fakes: Fakes
+) -> None:
+    word = uuid.uuid4().hex
+    # Over 1,000 characters: the compact payloads include snapshots (contract §9).
+    chunks = [f"chunk {i:02d} of a long answer. " for i in range(60)]
+    fakes.openai.script(word, [[Text(*chunks, interval=0.03)]])
+    page = await open_chat(browser, nchan_web.base_url)
+    channel = await conversation(page)
+    await ask(page, f"a long answer please {word}")
+    await expect(page.get_by_test_id("answer")).to_contain_text("chunk 03")
+    assert not [e for e in nchan_web.stack.broker.events if e.get("channel") == channel]
+
+    await page.reload()  # mid-answer: the recorder starts afresh with the new document
+    assert await conversation(page) == channel
+    await expect(page.get_by_test_id("status")).to_have_text("done", timeout=15_000)
+    event = await final_event(nchan_web, channel)
+    assert event["text"] == "".join(chunks)
+    await expect(page.get_by_test_id("answer")).to_have_text(event["text"])
+    seen = await page.evaluate("window.__seen")
+    shown = [a for a in seen["answer"] if a]
+    # From the start of the answer at once (not only what came after the reload), then on.
+    assert shown[0].startswith("chunk 00") and len(shown) >= 2, shown[:3]
+    assert all(event["text"].startswith(a) for a in shown)
+    assert "streaming" in seen["status"]
+
+    await page.reload()  # after the end: the whole answer, done
+    await expect(page.get_by_test_id("status")).to_have_text("done")
+    await expect(page.get_by_test_id("answer")).to_have_text(event["text"])
     await page.context.close()

@@ -38,6 +38,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 WEB_TOKEN = "web-chat-TOKEN-5d1e8b0c7a"
+NCHAN_TOKEN = "nchan-publisher-TOKEN-91c2"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -120,6 +121,27 @@ async def guarded_web(fakes: Fakes, log_dir: Path) -> AsyncIterator[WebService]:
             yield service
     finally:
         await fakes.on_loop(hub.stop())
+
+
+@pytest.fixture(scope="session")
+async def nchan_web(fakes: Fakes, log_dir: Path) -> AsyncIterator[WebService]:
+    """WEB_CHAT=true on loopback with the nchan hub the project ships, compact payloads."""
+    from tests.nchan import NchanHub
+
+    hub = NchanHub.start(token=NCHAN_TOKEN)
+    try:
+        async with web_service(
+            fakes,
+            log_dir,
+            HUB_PROTOCOL="nchan",
+            HUB_PAYLOAD_MODE="compact",
+            WEBSOCKET_URI=hub.publish_url,
+            WEBSOCKET_TOKEN=NCHAN_TOKEN,
+            HUB_PUBLIC_URL=hub.subscribe_url,
+        ) as service:
+            yield service
+    finally:
+        hub.stop()
 
 
 @dataclass
