@@ -51,6 +51,7 @@ demo: $(STAMP)  ## offline demo: fakes + service + one request that uses a tool
 	scripts/ensure-rabbitmq.sh
 	$(PY) -m scripts.demo
 
+.PHONY: demo-web
 demo-web: $(STAMP)  ## the web chat offline: stand-ins, hub, service with WEB_CHAT=true; prints the URL
 	scripts/ensure-rabbitmq.sh
 	$(PY) -m scripts.demo_web

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -30,15 +31,28 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def hub_settings(
-    urls: dict[str, str],
-) -> tuple[dict[str, str], contextlib.AbstractContextManager[None]]:
-    """The service's hub settings, and what keeps that hub running."""
+def hub_settings(urls: dict[str, str], stack: contextlib.ExitStack) -> dict[str, str]:
+    """The service's hub settings; the hub stops when `stack` closes."""
+    if os.environ.get("HUB", "nchan") != "envelope":
+        try:
+            # The HUB work's helper: the shipped deploy/nginx/ config, own prefix, free port.
+            from tests.nchan import NchanHub
+
+            token = secrets.token_urlsafe(16)
+            nchan = NchanHub.start(token=token)
+        except (ImportError, RuntimeError, OSError) as exc:
+            print(f"· no nchan hub ({exc}): using the development hub; `make hub` installs it")
+        else:
+            stack.callback(nchan.stop)
+            return {
+                "HUB_PROTOCOL": "nchan",
+                "HUB_PAYLOAD_MODE": "compact",
+                "WEBSOCKET_URI": nchan.publish_url,
+                "WEBSOCKET_TOKEN": token,
+                "HUB_PUBLIC_URL": nchan.subscribe_url,
+            }
     # The development hub of the fakes: the envelope protocol of contract §5.
-    return {
-        "WEBSOCKET_URI": urls["WEBSOCKET_URI"],
-        "HUB_PROTOCOL": "envelope",
-    }, contextlib.nullcontext()
+    return {"HUB_PROTOCOL": "envelope", "WEBSOCKET_URI": urls["WEBSOCKET_URI"]}
 
 
 async def main() -> int:
@@ -51,11 +65,11 @@ async def main() -> int:
     rabbitmq = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
     port = int(os.environ.get("HTTP_PORT") or 0) or free_port()
     fakes, urls = start_fakes()
-    hub_env, hub = hub_settings(urls)
     service: subprocess.Popen[bytes] | None = None
     connection = await aio_pika.connect_robust(rabbitmq)
     try:
-        with hub:
+        with contextlib.ExitStack() as hub:
+            hub_env = hub_settings(urls, hub)
             env = {
                 **os.environ,
                 **urls,
@@ -78,7 +92,8 @@ async def main() -> int:
                     stderr=subprocess.STDOUT,
                 )
             await _wait_for_consumer(connection, names["QUEUE_NAME"])
-            print(f"· stand-ins up; hub: {hub_env['HUB_PROTOCOL']} at {hub_env['WEBSOCKET_URI']}")
+            where = hub_env.get("HUB_PUBLIC_URL") or hub_env["WEBSOCKET_URI"]
+            print(f"· stand-ins up; hub: {hub_env['HUB_PROTOCOL']}, browsers subscribe at {where}")
             print(f"· service log: {log_path.relative_to(ROOT)}")
             print(f"\nOpen the chat: http://127.0.0.1:{port}/chat\n", flush=True)
             print("Ask about the weather (a tool call) or anything else (echoed). Ctrl-C stops.")

@@ -5,7 +5,10 @@ loopback, and the refusal to start without one. The browser tests are in test_we
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -13,6 +16,7 @@ import uuid
 from typing import Any
 
 import aio_pika
+import httpx2
 import pytest
 
 from service.app import create_app
@@ -296,3 +300,44 @@ async def test_the_page_creates_conversations_through_the_service(
     channel = created.json()["channel"]
     assert channel.startswith("conv_")
     assert any(r.path == "/v1/conversations" for r in fakes.openai.requests)
+
+
+# ----- make demo-web -----
+
+
+async def test_demo_web_prints_the_page_url_serves_it_and_stops_on_ctrl_c() -> None:
+    demo = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "scripts.demo_web",
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert demo.stdout is not None
+    printed: list[str] = []
+    try:
+        async with asyncio.timeout(60):
+            while not (url := _chat_url(printed)):
+                line = await demo.stdout.readline()
+                assert line, "demo-web ended early:\n" + "".join(printed)
+                printed.append(line.decode())
+        async with httpx2.AsyncClient(timeout=10) as client:
+            page = await client.get(url)
+            assert page.status_code == 200 and 'data-testid="answer"' in page.text
+            config = (await client.get(url + "/config.json")).json()
+            assert config["token_required"] is False
+    finally:
+        if demo.returncode is None:
+            demo.send_signal(signal.SIGINT)
+        async with asyncio.timeout(40):
+            code = await demo.wait()
+    assert code == 0, "".join(printed)
+
+
+def _chat_url(lines: list[str]) -> str | None:
+    for line in lines:
+        found = re.search(r"http://127\.0\.0\.1:\d+/chat", line)
+        if found:
+            return found.group(0)
+    return None
