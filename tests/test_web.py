@@ -24,7 +24,13 @@ from service.config import ConfigurationError, Settings
 from service.web import check_web_chat, is_loopback
 from service.web.routes import hub_public_url
 from tests.conftest import Fakes
-from tests.harness import RABBITMQ_URL, ROOT, ServiceNames, service_env
+from tests.harness import (
+    RABBITMQ_URL,
+    ROOT,
+    ServiceNames,
+    close_service_connections,
+    service_env,
+)
 from tests.web_support import (
     WEB_TOKEN,
     RequestTap,
@@ -223,6 +229,17 @@ async def test_invalid_requests_get_422_with_the_reason_and_publish_nothing(
         assert ok.status_code == 202
         await tap.wait_for(lambda body: body.get("channel") == sentinel)
     assert [body["channel"] for body in tap.bodies()] == [sentinel]
+
+
+async def test_request_waits_for_the_broker_connection_to_come_back(web: WebService) -> None:
+    channel = web.stack.new_thread()
+    async with RequestTap.on(web.names) as tap, web.client() as client:
+        assert close_service_connections(web.names) >= 1  # as an outage would
+        response = await client.post("/v1/requests", json={"message": "hi", "channel": channel})
+        assert response.status_code == 202, response.text
+        await tap.wait_for(lambda body: body.get("channel") == channel)
+    event = await web.stack.broker.wait_event(response.json()["message_id"], timeout=30)
+    assert event["event"] == "completed"
 
 
 # ----- POST /v1/cancel -----

@@ -3,12 +3,14 @@ upstream would publish it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from aiormq.exceptions import AMQPError
 from faststream.rabbit import RabbitBroker, RabbitExchange
 from pydantic import ValidationError
 
@@ -17,8 +19,16 @@ from service.schemas import CancelRequest, ChatRequest
 log = logging.getLogger("service")
 
 
+PUBLISH_PATIENCE = 10.0
+"""Seconds a publish waits for the broker connection to come back (it reconnects by itself)."""
+
+
 class InvalidBody(ValueError):
     """The body is not a valid request; the message says why (safe to show)."""
+
+
+class BrokerUnavailable(RuntimeError):
+    """RabbitMQ could not take the message within PUBLISH_PATIENCE."""
 
 
 @dataclass(frozen=True)
@@ -68,15 +78,28 @@ class Ingress:
     async def _publish(
         self, data: dict[str, Any], routing_key: str, message_id: str | None
     ) -> None:
-        await self._broker.publish(
-            json.dumps(data, ensure_ascii=False).encode(),
-            exchange=self._exchange,
-            routing_key=routing_key,
-            persist=True,
-            mandatory=False,
-            content_type="application/json",
-            message_id=message_id,
-        )
+        body = json.dumps(data, ensure_ascii=False).encode()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + PUBLISH_PATIENCE
+        while True:
+            try:
+                await self._broker.publish(
+                    body,
+                    exchange=self._exchange,
+                    routing_key=routing_key,
+                    persist=True,
+                    mandatory=False,
+                    content_type="application/json",
+                    message_id=message_id,
+                )
+                return
+            # A closed channel (RuntimeError) or connection while the robust connection
+            # comes back: try again until the deadline, as a patient upstream would.
+            except (AMQPError, ConnectionError, RuntimeError) as exc:
+                if loop.time() >= deadline:
+                    log.warning("web chat: could not publish: %s", type(exc).__name__)
+                    raise BrokerUnavailable() from exc
+                await asyncio.sleep(0.25)
 
 
 def describe(exc: ValidationError, what: str = "Invalid request") -> str:

@@ -21,7 +21,7 @@ from service.web.http import (
     Route,
     json_response,
 )
-from service.web.ingress import Ingress, InvalidBody
+from service.web.ingress import BrokerUnavailable, Ingress, InvalidBody
 
 log = logging.getLogger("service")
 
@@ -72,6 +72,8 @@ def web_routes(
             accepted = await ingress.request(await request.body())
         except (InvalidBody, BodyTooLarge) as exc:
             return _invalid(exc)
+        except BrokerUnavailable:
+            return _unavailable()
         return json_response({"message_id": accepted.message_id, "channel": accepted.channel}, 202)
 
     async def post_cancel(request: HttpRequest) -> AsgiResponse:
@@ -79,6 +81,8 @@ def web_routes(
             cancel = await ingress.cancel(await request.body())
         except (InvalidBody, BodyTooLarge) as exc:
             return _invalid(exc)
+        except BrokerUnavailable:
+            return _unavailable()
         return json_response({"message_id": cancel.message_id, "channel": cancel.channel}, 202)
 
     async def post_conversation(request: HttpRequest) -> AsgiResponse:
@@ -132,6 +136,11 @@ def _invalid(exc: Exception) -> AsgiResponse:
     if isinstance(exc, BodyTooLarge):
         return json_response({"detail": "Invalid request: body larger than 1 MiB"}, 422)
     return json_response({"detail": str(exc)}, 422)
+
+
+def _unavailable() -> AsgiResponse:
+    detail = "RabbitMQ is not reachable right now: try again in a moment"
+    return json_response({"detail": detail}, 503, {"Retry-After": "5"})
 
 
 def _static(name: str, content_type: str) -> Handler:
