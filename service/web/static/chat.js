@@ -189,7 +189,8 @@ class HubConnection {
   restart() {
     clearTimeout(this.timer);
     if (this.socket) {
-      this.socket.onclose = null;
+      // The old socket may still deliver (another channel's payloads): cut it off first.
+      this.socket.onopen = this.socket.onmessage = this.socket.onclose = null;
       this.socket.close();
     }
     this.isReady = false;
