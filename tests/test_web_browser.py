@@ -169,6 +169,11 @@ async def test_page_reads_compact_payloads_and_puts_them_in_seq_order(
         return json.dumps({"channel": channel, "payload": body})
 
     answer, status = page.get_by_test_id("answer"), page.get_by_test_id("status")
+    # The page subscribes once it knows the conversation: wait for that before sending.
+    subscribed = fakes.hub.wait_for(
+        lambda: fakes.hub.subscriber_count(channel) >= 1, what="the page's subscription"
+    )
+    await fakes.on_loop(subscribed)
     async with connect(fakes.hub.uri) as hub:
         await hub.send(payload(0, "status", "started", "Request received"))
         await hub.send(payload(1, "status", "responding", "Responding"))
