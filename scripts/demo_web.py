@@ -35,7 +35,7 @@ def hub_settings(urls: dict[str, str], stack: contextlib.ExitStack) -> dict[str,
     """The service's hub settings; the hub stops when `stack` closes."""
     if os.environ.get("HUB", "nchan") != "envelope":
         try:
-            # The HUB work's helper: the shipped deploy/nginx/ config, own prefix, free port.
+            # tests/nchan.py: the shipped deploy/nginx/ config, in its own prefix, on a free port.
             from tests.nchan import NchanHub
 
             token = secrets.token_urlsafe(16)
