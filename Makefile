@@ -38,6 +38,7 @@ test: $(STAMP)  ## lint, type-check, then the whole suite against the real Rabbi
 	scripts/ensure-rabbitmq.sh
 	scripts/hub.sh install
 	scripts/ensure-redis.sh
+	scripts/ensure-chromium.sh
 	$(MAKE) --no-print-directory lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider --ignore=tests/test_replicas.py --ignore=tests/test_cluster.py
 	$(MAKE) --no-print-directory test-cluster
@@ -50,6 +51,11 @@ test-cluster: $(STAMP)  ## replicas: 3 processes on the machine's broker, then o
 demo: $(STAMP)  ## offline demo: fakes + service + one request that uses a tool
 	scripts/ensure-rabbitmq.sh
 	$(PY) -m scripts.demo
+
+.PHONY: demo-web
+demo-web: $(STAMP)  ## the web chat offline: stand-ins, hub, service with WEB_CHAT=true; prints the URL
+	scripts/ensure-rabbitmq.sh
+	$(PY) -m scripts.demo_web
 
 chat: $(STAMP)  ## terminal chat with the running service; THREAD=conv_... to reuse one (see README)
 	$(PY) -m service chat $(if $(THREAD),--thread $(THREAD))

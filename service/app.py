@@ -35,6 +35,7 @@ from service.runtime import Runtime
 from service.schemas import CompletedEvent, FailedEvent, OnBusy
 from service.sharding.replicas import ReplicaSet, is_redelivered, mark_redelivered, replica_id
 from service.topology import Topology
+from service.web import check_web_chat, web_routes
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractIncomingMessage
@@ -118,6 +119,7 @@ def create_app(
         # Clients first: a setting that cannot work stops the service before it touches the
         # broker.
         try:
+            check_web_chat(settings)  # WEB_CHAT off loopback needs WEB_CHAT_TOKEN
             await runtime.start()
         except ConfigurationError as exc:
             # A clear line instead of a traceback: the message names the command to run.
@@ -193,6 +195,9 @@ def create_app(
     )
     for path, route in routes:
         app.mount(path, route)
+    if settings.web_chat:  # contract §10: the chat page and its two POST routes
+        for path, web_route in web_routes(settings, broker, topology):
+            app.mount(path, web_route)
     return app
 
 
