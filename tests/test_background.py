@@ -1,6 +1,6 @@
 """Contract §12: with OPENAI_BACKGROUND=true an answer outlives the replica that started it.
 
-Two service processes share one queue and one Redis (REDIS_URL); the one running a request is
+Two service processes share one queue and one Redis (REDIS_URL, replica mode); the one running a request is
 SIGKILLed mid-answer, mid-tool-call or between two model turns, and the other one re-attaches:
 one `started`, hub `seq` without gap or repeat, each delta once, exactly one final payload and
 one final event, the answer generated once (the fake counts the responses it created).
@@ -21,30 +21,27 @@ import pytest
 
 from tests.conftest import Fakes
 from tests.fakes.script import Stall, Text, ToolCall
-from tests.harness import Broker, ServiceNames, ServiceProcess, service_env
+from tests.harness import RABBITMQ_URL, Broker, ServiceNames, ServiceProcess, service_env
+from tests.replicas import ReplicaGroup, delete_shard_queues
 
+SHARDS = 4
 CLIENTS_PATH = "/clients/active-per-service"
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 @dataclass
 class Replicas:
-    """Two service processes on one queue, sharing re-attach state through Redis."""
+    """Two service processes on one queue (replica mode: they share Redis), re-attaching."""
 
     names: ServiceNames
     broker: Broker
     fakes: Fakes
-    processes: list[ServiceProcess]
+    group: ReplicaGroup
 
     def holding(self, message_id: str) -> ServiceProcess:
-        """The replica that logged accepting `message_id`."""
-        for process in self.processes:
-            if message_id in process.log_text():
-                return process
-        raise AssertionError(f"no replica accepted {message_id}")
-
-    def other(self, process: ServiceProcess) -> ServiceProcess:
-        return next(p for p in self.processes if p is not process)
+        """The replica that started `message_id`."""
+        (index,) = self.group.runs_of(message_id)
+        return self.group[index].process
 
 
 @pytest.fixture(scope="module")
@@ -56,18 +53,18 @@ async def replicas(fakes: Fakes, log_dir: Path) -> AsyncIterator[Replicas]:
         fakes.urls(),
         OPENAI_BACKGROUND="true",
         REDIS_URL=REDIS_URL,
+        REPLICA_SHARDS=SHARDS,
+        LEASE_TTL=3,
         DELTA_FLUSH_MS="20",
         STREAM_IDLE_TIMEOUT="10",
     )
-    processes = [ServiceProcess(names, env, log_dir / f"{names.prefix}-{i}.log") for i in range(2)]
+    group = ReplicaGroup(names, env, log_dir, 2)
     try:
-        for process in processes:
-            process.start()
-        await broker.wait_consumer(timeout=30, count=2)
-        yield Replicas(names, broker, fakes, processes)
+        await group.start_all()
+        yield Replicas(names, broker, fakes, group)
     finally:
-        for process in processes:
-            process.stop()
+        group.stop_all()
+        await delete_shard_queues(RABBITMQ_URL, names.queue, SHARDS)
         await broker.cleanup()
         await _drop_redis_keys(names.queue)
 
@@ -85,15 +82,10 @@ async def _drop_redis_keys(prefix: str) -> None:
 
 
 async def live(replicas: Replicas) -> Replicas:
-    """Both replicas running: a process a previous test killed is replaced first."""
-    for index, process in enumerate(replicas.processes):
-        if process.process is not None and process.process.poll() is None:
-            continue
-        log_path = process.log_path.with_name(f"{process.names.prefix}-{uuid.uuid4().hex[:6]}.log")
-        fresh = ServiceProcess(process.names, process.env, log_path)
-        fresh.start()
-        replicas.processes[index] = fresh
-    await replicas.broker.wait_consumer(timeout=30, count=2)
+    """Both replicas running: a process a previous test killed is started again first."""
+    for replica in replicas.group.replicas:
+        if not replica.alive():
+            await replicas.group.start(replica.index)
     return replicas
 
 

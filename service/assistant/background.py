@@ -36,13 +36,13 @@ from typing import Any, cast
 
 import openai
 from openai import AsyncOpenAI
-from openai.types.responses import ResponseInputParam, ToolParam
+from openai.types.responses import ResponseFailedEvent, ResponseInputParam, ToolParam
 
 from service.assistant.events import RunEventHandler, RunResult, ToolCall, ToolOutcome
-from service.assistant.failures import classify
+from service.assistant.failures import classify, response_ended, stream_error, thread_missing
 from service.assistant.retry import RetryPolicy
 from service.assistant.stream import sse_json, within_idle_limit
-from service.assistant.tooling import Toolbox
+from service.assistant.tooling import MAX_TOOL_ROUNDS, Toolbox
 from service.coordination.reattach import (
     ReattachState,
     ReattachStore,
@@ -50,12 +50,13 @@ from service.coordination.reattach import (
     ToolRun,
     current_checkpoint,
 )
-from service.errors import ServiceError, ThreadNotFound
+from service.errors import ServiceError
 from service.schemas import ErrorCode, ToolCallRecord, Usage
 
 log = logging.getLogger("service.assistant")
 
-MAX_TOOL_ROUNDS = 8
+# The answer's text, as in the streamed backend (responses.py): output text and refusals.
+_TEXT_DELTAS = frozenset({"response.output_text.delta", "response.refusal.delta"})
 CANCEL_TIMEOUT = 5.0
 # Response statuses a re-attach can follow to an answer.
 _FOLLOWABLE = frozenset({"queued", "in_progress", "completed", "failed", "incomplete"})
@@ -255,9 +256,7 @@ class BackgroundRun:
                 stream=True,
             )
         except openai.NotFoundError as exc:
-            if exc.code == "model_not_found":
-                raise
-            raise ThreadNotFound(self._thread_id) from exc
+            raise thread_missing(exc, self._thread_id) from exc
 
     async def _follow(self, index: int, stream: Any, response_id: str | None) -> list[ToolCall]:
         """Read one response's stream (new, or followed again) until the response ends."""
@@ -273,7 +272,7 @@ class BackgroundRun:
                 seq = data.get("sequence_number")
                 if isinstance(seq, int):
                     self._last_seq = seq
-                if kind == "response.output_text.delta":
+                if kind in _TEXT_DELTAS:
                     delta = data.get("delta")
                     if isinstance(delta, str) and delta and isinstance(seq, int):
                         checkpoint.text_delta(index, seq, delta)
@@ -297,15 +296,9 @@ class BackgroundRun:
                     return calls
                 elif kind in ("response.failed", "response.incomplete"):
                     self._active = None
-                    raise _ended(data["response"])
+                    raise response_ended(ResponseFailedEvent.construct(**data).response)
                 elif kind == "error":
-                    raise ServiceError(
-                        ErrorCode.RATE_LIMITED
-                        if data.get("code") == "rate_limit_exceeded"
-                        else ErrorCode.UPSTREAM_ERROR,
-                        "The model stream reported an error",
-                        retryable=True,
-                    )
+                    raise stream_error(data)
         finally:
             await stream.close()
         raise _StreamBroke()
@@ -354,17 +347,3 @@ def _calls(response: dict[str, Any]) -> list[ToolCall]:
         for item in response.get("output") or ()
         if isinstance(item, dict) and item.get("type") == "function_call"
     ]
-
-
-def _ended(response: dict[str, Any]) -> ServiceError:
-    error = response.get("error") or {}
-    code = error.get("code") if isinstance(error, dict) else None
-    if code == "rate_limit_exceeded":
-        return ServiceError(ErrorCode.RATE_LIMITED, "The model is rate limited", retryable=True)
-    if response.get("status") == "incomplete":
-        return ServiceError(ErrorCode.UPSTREAM_ERROR, "The model's answer was incomplete")
-    return ServiceError(
-        ErrorCode.UPSTREAM_ERROR,
-        "The model failed to answer",
-        retryable=code in (None, "server_error"),
-    )
