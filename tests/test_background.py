@@ -277,3 +277,48 @@ async def test_when_the_response_is_gone_the_redelivered_request_runs_again_as_a
     assert (
         len(await replicas.broker.wait_until(lambda: replicas.broker.events_for(message_id))) == 1
     )
+
+
+async def test_a_cancel_stops_the_background_response_server_side(replicas: Replicas) -> None:
+    fakes, t = (await live(replicas)).fakes, uuid.uuid4().hex[:8]
+    conversation, message_id = f"conv_bg_{t}", f"bg-cancel-{t}"
+    fakes.openai.script(f"stop {t}", [[Text(*words(300, "s"), interval=0.02)]])
+    await replicas.broker.publish(
+        {"message": f"stop {t}", "channel": conversation, "message_id": message_id}
+    )
+    hub = fakes.hub
+    await fakes.on_loop(
+        hub.wait_for(
+            lambda: sum(p["type"] == "response" for p in hub.payloads(conversation)) >= 2,
+            timeout=20,
+        ),
+        30,
+    )
+    await _publish_cancel(replicas.broker, {"message_id": message_id})
+    payloads = await fakes.hub_final(conversation, timeout=20)
+    assert payloads[-1]["error"] == {"code": "cancelled", "retryable": False}
+    (response_id,) = fakes.openai.background.created(conversation)
+    # Closing the stream alone would leave it generating: it was cancelled on the API side.
+    await fakes.on_loop(
+        hub.wait_for(
+            lambda: fakes.openai.background.status(response_id) == "cancelled", timeout=10
+        ),
+        15,
+    )
+    assert fakes.openai.background.tokens(conversation) < 300
+
+
+async def _publish_cancel(broker: Broker, body: dict[str, Any]) -> None:
+    import json
+
+    import aio_pika
+
+    channel = await broker.connection.channel()
+    try:
+        exchange = await channel.get_exchange(broker.names.exchange, ensure=False)
+        await exchange.publish(
+            aio_pika.Message(json.dumps(body).encode(), content_type="application/json"),
+            routing_key=f"{broker.names.routing_key}.cancel",
+        )
+    finally:
+        await channel.close()

@@ -128,6 +128,8 @@ class _LogStream(_ResponsesStream):
             if not self._log.cancelled:
                 await self.finish()
         finally:
+            # A completed response committed its items (``finish``); any other end adds none.
+            self._fake.conversation_items.abort(self._log.id)
             self._log.notify()
 
 
