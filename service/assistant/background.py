@@ -208,6 +208,9 @@ class BackgroundRun:
     async def _turn(self, index: int, turn_input: list[dict[str, Any]]) -> list[ToolCall]:
         """Stream turn `index` to its end (creating it unless it exists); its function calls."""
         recorded = self._checkpoint.turn(index)
+        if recorded is not None:
+            # A turn another replica created: this run's handlers (the §8 footprint) learn it.
+            await self._handler.on_run_started(recorded.response_id)
         if recorded is not None and recorded.done:
             return [ToolCall(*call) for call in recorded.calls or ()]
         if recorded is None:
