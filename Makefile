@@ -81,9 +81,11 @@ lock:  ## re-resolve the dependencies into requirements.lock (after editing pypr
 
 bench: $(VENV)/.bench  ## the benchmark (see README "Performance")
 	scripts/ensure-rabbitmq.sh
+	scripts/ensure-redis.sh
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.replicas  # README "Running replicas": spread, SIGKILL takeover, latency
 	$(PY) -m benchmarks.cancel  # README "Stop and double texting": cancel latency under load
+	$(PY) -m benchmarks.background  # contract §12: a crash's cost, and recording state's
 
 bench-cancel: $(VENV)/.bench  ## cancel under load only (README "Stop and double texting")
 	scripts/ensure-rabbitmq.sh

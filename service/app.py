@@ -138,6 +138,7 @@ def create_app(
         answers = RequestAnswers(
             runner=Runner(runtime.backend, run_timeout=settings.run_timeout),
             hub=runtime.hub,
+            reattacher=runtime.reattacher,
             observer=observability.telemetry,
             options=StreamingOptions(
                 flush_ms=settings.delta_flush_ms,

@@ -14,11 +14,13 @@ import logging
 import httpx2
 from openai import AsyncOpenAI
 
+from service.assistant.background import Reattacher
 from service.assistant.responses import AssistantSpec, ResponsesBackend
 from service.assistant.retry import RetryPolicy
 from service.assistant.runner import Backend
 from service.config import Settings
 from service.coordination import Coordinator, coordinator_for
+from service.coordination.reattach import reattach_store_for
 from service.delivery import Deliveries
 from service.sinks.hub import BufferedHub, hub_from_settings
 from service.tools import ToolConfig, ToolRegistry
@@ -91,6 +93,7 @@ class Runtime:
         self.backend: Backend | None = None
         self._http: httpx2.AsyncClient | None = None
         self._openai: AsyncOpenAI | None = None
+        self.reattacher: Reattacher | None = None  # OPENAI_BACKGROUND (contract §12)
 
     async def start(self) -> None:
         s = self.settings
@@ -116,6 +119,9 @@ class Runtime:
         # Everything built so far lives as long as the process: keep it out of the collector's
         # sight, or full collections walking it cost 100-150 ms pauses under load (bench (a)).
         gc.freeze()
+        if s.openai_background and s.openai_api == "responses":
+            # Contract §12: each request's re-attach state, where every replica can read it.
+            self.reattacher = Reattacher(reattach_store_for(s), self._openai)
 
     def _backend(self, toolbox: ToolRegistry) -> Backend:
         s = self.settings
@@ -136,7 +142,12 @@ class Runtime:
                 stale_after=s.run_timeout,
             )
         return ResponsesBackend(
-            self._openai, spec, toolbox, retry=retry, idle_timeout=s.stream_idle_timeout
+            self._openai,
+            spec,
+            toolbox,
+            retry=retry,
+            idle_timeout=s.stream_idle_timeout,
+            background=s.openai_background,
         )
 
     async def stop(self) -> None:
@@ -144,6 +155,8 @@ class Runtime:
             await self.coordinator.close()
         if self.hub is not None:
             await self.hub.close(flush_timeout=self.settings.hub_send_timeout)
+        if self.reattacher is not None:
+            await self.reattacher.close()
         if self._openai is not None:
             await self._openai.close()
         if self._http is not None:

@@ -26,6 +26,7 @@ from openai.types.responses import (
 )
 
 from service.assistant.abandon import settle_responses
+from service.assistant.background import BackgroundRun
 from service.assistant.events import RunEventHandler, RunResult, ToolCall
 from service.assistant.failures import response_ended, stream_error, thread_missing
 from service.assistant.footprint import Footprint
@@ -119,7 +120,9 @@ class ResponsesBackend:
         *,
         retry: RetryPolicy,
         idle_timeout: float,
+        background: bool = False,
     ) -> None:
+        self._background = background  # OPENAI_BACKGROUND: service/assistant/background.py
         self._client = client
         self._spec = spec
         self._toolbox = toolbox
@@ -135,6 +138,18 @@ class ResponsesBackend:
         *,
         text_started: Callable[[], bool],
     ) -> RunResult:
+        if self._background:
+            return await BackgroundRun(
+                self._client,
+                model=self._spec.model,
+                instructions=self._spec.instructions,
+                tools=self._tools,
+                toolbox=self._toolbox,
+                retry=self._retry,
+                idle_timeout=self._idle,
+                thread_id=thread_id,
+                handler=handler,
+            ).run(message)
         turns = _RequestTurns(self, thread_id, message, handler, text_started)
         records: list[ToolCallRecord] = []
         await play_tool_rounds(turns, self._toolbox, handler, records)

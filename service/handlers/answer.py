@@ -13,14 +13,17 @@ import logging
 import time
 from dataclasses import dataclass
 
+from service.assistant.background import Reattacher
 from service.assistant.events import RunEventHandler, RunResult, ToolCall, ToolOutcome
 from service.assistant.footprint import Footprint
 from service.assistant.runner import Runner
 from service.control.registry import CancelControl
+from service.coordination.reattach import RunCheckpoint, current_checkpoint
 from service.delivery.held import FinalEvent, Held
 from service.errors import ServiceError
 from service.observability.milestones import RunObserver
 from service.schemas import CompletedEvent, ErrorCode, FailedEvent
+from service.sinks.checkpointed_hub import CheckpointedHub
 from service.sinks.hub import Hub
 from service.sinks.streamer import HubStreamer
 
@@ -45,29 +48,29 @@ class RequestAnswers:
         options: StreamingOptions,
         observer: RunObserver | None = None,
         control: CancelControl | None = None,
+        reattacher: Reattacher | None = None,
     ) -> None:
+        self._reattacher = reattacher  # OPENAI_BACKGROUND (contract §12)
         self._runner = runner
         self._hub = hub
         self._options = options
         self._observer = observer
         self.control = control
         """Cancel and double texting (§8), set once the delivery layer exists."""
+        self._forgetting: set[asyncio.Task[None]] = set()
 
     async def answer(self, held: Held) -> FinalEvent:
         request, message_id, thread_id = held.request, held.message_id, held.conversation_id
         started_at = time.time()
-        streamer = HubStreamer(
-            self._hub,
-            channel=request.channel,
-            message_id=message_id,
-            thread_id=thread_id,
-            flush_ms=self._options.flush_ms,
-            flush_chars=self._options.flush_chars,
-        )
+        checkpoint = await self._checkpoint(held)
+        streamer = self._streamer(held, checkpoint)
         outcome: RunResult | ServiceError
         footprint: Footprint | None = None
         try:
-            streamer.start()
+            if checkpoint is not None and checkpoint.resumed:
+                streamer.resume()  # the sequence another replica began goes on
+            else:
+                streamer.start()
             # Milestone logs (accepted, first token, tools, final) come from the observer.
             observed = (
                 self._observer.observe(streamer, message_id=message_id, thread_id=thread_id)
@@ -136,6 +139,51 @@ class RequestAnswers:
             text=streamer.sent_text,
         )
 
+    async def _checkpoint(self, held: Held) -> RunCheckpoint | None:
+        """Background responses: the request's re-attach state (resumed when another replica
+        left one), dropped once the request is settled (its final event recorded, acked)."""
+        if self._reattacher is None:
+            return None
+        # A fresh publish of a message_id whose run finished is a deliberate retry: start clean.
+        checkpoint = await self._reattacher.open(held.message_id, redelivered=not held.retry)
+        current_checkpoint.set(checkpoint)
+        forget = asyncio.create_task(_forget_when_settled(held, checkpoint))
+        self._forgetting.add(forget)
+        forget.add_done_callback(self._forgetting.discard)
+        return checkpoint
+
+    def _streamer(self, held: Held, checkpoint: RunCheckpoint | None) -> HubStreamer:
+        """A new hub sequence, or, re-attaching, the one another replica began."""
+        options = self._options
+        hub: Hub = self._hub if checkpoint is None else CheckpointedHub(self._hub, checkpoint)
+        if checkpoint is not None and checkpoint.resumed:
+            state = checkpoint.state
+            streamer = HubStreamer.continuing(
+                hub,
+                channel=held.request.channel,
+                message_id=held.message_id,
+                thread_id=held.conversation_id,
+                seq=state.hub_seq,
+                text=state.text,
+                responding=state.responding,
+                finished=state.final,
+                snapshot_len=state.snapshot_len,
+                flush_ms=options.flush_ms,
+                flush_chars=options.flush_chars,
+            )
+        else:
+            streamer = HubStreamer(
+                hub,
+                channel=held.request.channel,
+                message_id=held.message_id,
+                thread_id=held.conversation_id,
+                flush_ms=options.flush_ms,
+                flush_chars=options.flush_chars,
+            )
+        if checkpoint is not None:
+            checkpoint.bind(streamer)
+        return streamer
+
     async def refuse(
         self,
         *,
@@ -190,6 +238,11 @@ class _EndedEarly(RunEventHandler):
         if stop is not None and error.code is ErrorCode.CANCELLED:
             error = stop
         await self._inner.on_failed(error)
+
+
+async def _forget_when_settled(held: Held, checkpoint: RunCheckpoint) -> None:
+    await held.done.wait()
+    await checkpoint.forget()
 
 
 async def _final_payload(streamer: HubStreamer, error: ServiceError) -> None:

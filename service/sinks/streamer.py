@@ -60,6 +60,7 @@ class HubStreamer(RunEventHandler):
         self._responding = False
         self._finished = False
         self._subscribed = False
+        self._resumed = False
         self.first_text_at: float | None = None
 
     @property
@@ -76,11 +77,67 @@ class HubStreamer(RunEventHandler):
     def finished(self) -> bool:
         return self._finished
 
+    @property
+    def next_seq(self) -> int:
+        """The `seq` of the next payload."""
+        return self._seq
+
+    @property
+    def snapshot_len(self) -> int:
+        """Compact mode: the answer's length at the last snapshot (0: none yet)."""
+        return self._snapshot_len
+
     def start(self) -> None:
         """Subscribe to the channel and send `started`."""
         self._hub.subscribe(self.channel)
         self._subscribed = True
         self._emit("status", "started", "Request received")
+
+    @classmethod
+    def continuing(
+        cls,
+        hub: Hub,
+        *,
+        channel: str,
+        message_id: str,
+        thread_id: str,
+        seq: int,
+        text: str,
+        responding: bool,
+        finished: bool = False,
+        snapshot_len: int = 0,
+        flush_ms: int = 30,
+        flush_chars: int = 200,
+    ) -> HubStreamer:
+        """A streamer that goes on with a sequence another process started (contract §12).
+
+        Its first payload has `seq`; `text` is the answer sent so far (`message` goes on from
+        it); `responding` says whether `responding` was sent. No second `started`: call
+        `resume()` instead of `start()`. A `finished` sequence sends nothing more;
+        `snapshot_len` keeps compact mode's snapshot schedule where it was.
+        """
+        streamer = cls(
+            hub,
+            channel=channel,
+            message_id=message_id,
+            thread_id=thread_id,
+            flush_ms=flush_ms,
+            flush_chars=flush_chars,
+        )
+        streamer._seq = seq
+        streamer._sent_text = text
+        streamer._responding = responding
+        streamer._finished = finished
+        streamer._snapshot_len = snapshot_len
+        streamer._resumed = True
+        return streamer
+
+    def resume(self) -> None:
+        """Subscribe to the channel, without `started` (see `continuing`)."""
+        if self._finished:
+            return
+        self._hub.subscribe(self.channel)
+        self._subscribed = True
 
     async def on_tool_call_started(self, call: ToolCall) -> None:
         self._flush()
@@ -113,11 +170,13 @@ class HubStreamer(RunEventHandler):
             self._flush()
         elif self._timer is None:
             loop = asyncio.get_running_loop()
-            if self._sent_text:
+            if self._sent_text and not self._resumed:
                 self._timer = loop.call_later(self._flush_after, self._flush)
             else:
                 # The first words go out on the next loop turn (with whatever else arrived in
-                # the same read): coalescing is for the stream that follows, not the first token.
+                # the same read): coalescing is for the stream that follows, not the first token
+                # (nor the first one after a re-attach, which the user has been waiting for).
+                self._resumed = False
                 self._timer = loop.call_soon(self._flush)
 
     async def on_completed(self, result: RunResult) -> None:

@@ -9,6 +9,9 @@ parses into its typed SDK model). What the model says is scripted per test with 
 Endpoints (all under ``/v1``)::
 
     POST   /responses                       stream=true only; conversation, previous_response_id
+                                            background=true (see tests.fakes.openai_background)
+    GET    /responses/{id}                  background responses: status, or stream=true resume
+    POST   /responses/{id}/cancel           background responses
     POST   /conversations                   GET/DELETE /conversations/{id}
     POST   /assistants   GET /assistants    GET/DELETE /assistants/{id}
     POST   /threads                         GET/DELETE /threads/{id}
@@ -76,6 +79,7 @@ from aiohttp import web
 from tests.fakes.conversation_items import ConversationItems
 from tests.fakes.generation import GenerationLedger
 from tests.fakes.openai_assistants import _AssistantsApi
+from tests.fakes.openai_background import BackgroundResponses
 from tests.fakes.openai_streams import _ResponsesStream
 from tests.fakes.openai_wire import (
     _BODY,
@@ -159,6 +163,8 @@ class FakeOpenAI:
         self.generation = GenerationLedger(enabled=record_requests)
         """Tokens generated per stream, and after the client closed it."""
         self._assistants_api = _AssistantsApi(self)  # assistants, threads, runs
+        self.background = BackgroundResponses(self)
+        """Background responses (``background: true``): see :mod:`tests.fakes.openai_background`."""
         self._response_keys: dict[str, str] = {}  # response id -> conversation key
         self._call_keys: dict[str, str] = {}  # call id -> conversation key
         self._pending_calls: dict[str, list[str]] = {}  # conversation key -> unanswered calls
@@ -234,6 +240,7 @@ class FakeOpenAI:
             self._pending_calls.clear()
         self.conversation_items.clear()
         self.generation.clear()
+        self.background.clear()
 
     def assert_complete(self) -> None:
         """Raise ``AssertionError`` if a script was never used or not played to its end."""
@@ -331,6 +338,7 @@ class FakeOpenAI:
         add("GET", "/v1/conversations/{id}", self._get_conversation)
         add("DELETE", "/v1/conversations/{id}", self._delete_conversation)
         self.conversation_items.add_routes(app)
+        self.background.add_routes(app)
         self._assistants_api.add_routes(app)
         add("*", "/{tail:.*}", self._invalid_url)  # last: everything not routed above
         return app
@@ -427,7 +435,8 @@ class FakeOpenAI:
 
     async def _create_response(self, request: web.Request) -> web.StreamResponse:
         body: dict[str, Any] = request[_BODY]
-        if body.get("stream") is not True:
+        background = body.get("background") is True
+        if body.get("stream") is not True and not background:
             return _error(400, "The fake OpenAI server only serves stream=true.", param="stream")
         conversation = body.get("conversation")
         conversation_id = conversation.get("id") if isinstance(conversation, dict) else conversation
@@ -470,6 +479,15 @@ class FakeOpenAI:
             self._call_keys.update(dict.fromkeys(calls, key))
             if calls and not isinstance(turn.stream[-1], Drop | StreamError):
                 self._pending_calls[key] = calls
+        if background:
+            return await self.background.create(
+                request,
+                body,
+                turn.stream,
+                response_id=response_id,
+                conversation_id=conversation_id if isinstance(conversation_id, str) else None,
+                input_tokens=_words(text) + sum(_words(o.output) for o in outputs),
+            )
         stream = _ResponsesStream(
             self,
             request,
