@@ -113,6 +113,11 @@ QUICK: dict[str, Scenario] = {
     "sequential": FULL["sequential"].scaled(conversations=40),
 }
 
+# Inside `make test` (`--smoke`): seconds, just enough to run every code path of the benchmark.
+SMOKE: dict[str, Scenario] = {
+    "concurrent": FULL["concurrent"].scaled(conversations=8, tokens=10, interval=0.005),
+}
+
 ALIASES = {"a": "concurrent", "b": "throughput", "c": "slow", "d": "sequential"}
 
 # Scenario (a)'s shape at several concurrency levels, for the plot.
