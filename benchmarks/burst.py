@@ -17,18 +17,17 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
 from typing import Any
 
 import aio_pika
 
 from benchmarks import metrics, workload
 from benchmarks.registry import Context, scenario
-from benchmarks.service import fresh_names
+from benchmarks.service import fresh_names, publish_back_to_back
 from tests.harness import RABBITMQ_URL, ROOT, Broker
 
 CONVERSATIONS = {"full": 200, "quick": 50, "smoke": 8}
-TOKENS, INTERVAL = 20, 0.02  # a short answer: the burst is about starting, not streaming
+TOKENS, INTERVAL = 1, 0.02  # a short answer: the burst is about starting, not streaming
 
 
 def _size(ctx: Context) -> int:
@@ -37,7 +36,9 @@ def _size(ctx: Context) -> int:
 
 def shape(ctx: Context) -> workload.Scenario:
     n = _size(ctx)
-    return workload.Scenario("burst", "(burst)", n, TOKENS, INTERVAL, max_concurrency=n)
+    return workload.Scenario(
+        "burst", "(burst)", n, TOKENS, INTERVAL, max_concurrency=n, at_once=True
+    )
 
 
 @scenario(
@@ -140,10 +141,15 @@ async def minimal_side(ctx: Context, n: int, prefetch: int) -> dict[str, Any]:
         await publish(f"{prefix}_warmup")
         await asyncio.to_thread(ctx.fakes.hub.call, ("collect", 1, 10.0), 70)
         published: dict[str, float] = {}
-        for conv in range(n):
-            channel_name = f"{prefix}_{conv}"
-            published[channel_name] = time.time()
-            await publish(channel_name)
+        await publish_back_to_back(
+            exchange,
+            names.routing_key,
+            [
+                (ch, json.dumps({"message": "hi", "channel": ch, "message_id": ch}).encode())
+                for ch in (f"{prefix}_{conv}" for conv in range(n))
+            ],
+            published,
+        )
         out, err = await asyncio.wait_for(process.communicate(), 150)
         if process.returncode != 0:
             raise RuntimeError(f"minimal consumer failed:\n{err.decode(errors='replace')[-3000:]}")

@@ -43,7 +43,19 @@ if TYPE_CHECKING:
 
 # Modules of `benchmarks/` that are machinery, not scenario modules: never imported to discover.
 INTERNAL = frozenset(
-    {"run", "registry", "bare", "fakes", "metrics", "plot", "procstat", "service", "workload"}
+    {
+        "run",
+        "registry",
+        "bare",
+        "fakes",
+        "metrics",
+        "minimal",
+        "plot",
+        "procstat",
+        "profile_summary",
+        "service",
+        "workload",
+    }
 )
 
 

@@ -143,6 +143,11 @@ class Bench:
                     for conv in range(n):
                         await service.publish(f"{prefix}_{conv}", _message(scenario, conv))
                         await service.wait_finished(conv + 2, timeout=60)
+                elif scenario.at_once:
+                    await service.publish_at_once(
+                        [(f"{prefix}_{conv}", _message(scenario, conv)) for conv in range(n)]
+                    )
+                    await service.wait_finished(n + 1, timeout=scenario.timeout())
                 else:
                     for conv in range(n):
                         await service.publish(f"{prefix}_{conv}", _message(scenario, conv))
@@ -176,7 +181,7 @@ class Bench:
         if not self.args.profile:
             yield
             return
-        out = Path(self.args.profile) / f"service-{name}-{int(time.time())}.speedscope.json"
+        out = Path(self.args.profile) / f"service-{name}-{int(time.time())}.folded.txt"
         out.parent.mkdir(parents=True, exist_ok=True)
         spy = subprocess.Popen(
             [
@@ -185,9 +190,9 @@ class Bench:
                 "--pid",
                 str(pid),
                 "--rate",
-                "200",
+                str(self.args.profile_rate),
                 "--format",
-                "speedscope",
+                "raw",
                 "--output",
                 str(out),
             ],
@@ -537,7 +542,12 @@ def main(argv: list[str] | None = None) -> None:
         choices=["bare", "service"],
         help="run only this side (default: both)",
     )
-    parser.add_argument("--profile", metavar="DIR", help="py-spy the service into DIR")
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="py-spy the service into DIR (folded stacks: python -m benchmarks.profile_summary)",
+    )
+    parser.add_argument("--profile-rate", type=int, default=200, help="py-spy samples per second")
     parser.add_argument(
         "--service-dir",
         metavar="DIR",

@@ -65,6 +65,7 @@ class Scenario:
     interval: float  # seconds between two tokens of one answer; 0 = as fast as the fake can
     delay: float = 0.0  # the fake model's own delay before its first token
     sequential: bool = False  # one request after another instead of all at once
+    at_once: bool = False  # every request handed to the client in one go (one publish time)
     max_concurrency: int | None = None  # the service's MAX_CONCURRENCY (default: enough)
 
     @property
