@@ -18,6 +18,7 @@ from service.assistant.runner import Runner
 from service.delivery.held import FinalEvent, Held
 from service.errors import ServiceError
 from service.observability.milestones import RunObserver
+from service.pacing import StartPacer
 from service.schemas import CompletedEvent, ErrorCode, FailedEvent
 from service.sinks.hub import Hub
 from service.sinks.streamer import HubStreamer
@@ -42,11 +43,13 @@ class RequestAnswers:
         hub: Hub,
         options: StreamingOptions,
         observer: RunObserver | None = None,
+        pacer: StartPacer | None = None,
     ) -> None:
         self._runner = runner
         self._hub = hub
         self._options = options
         self._observer = observer
+        self._pacer = pacer or StartPacer()
 
     async def answer(self, held: Held) -> FinalEvent:
         request, message_id, thread_id = held.request, held.message_id, held.conversation_id
@@ -60,8 +63,12 @@ class RequestAnswers:
             flush_chars=self._options.flush_chars,
         )
         outcome: RunResult | ServiceError
+        self._pacer.arrived()
         try:
             streamer.start()
+            # `started` is on its way: the costly part (the model request) waits for its turn,
+            # so a burst of requests gets every `started` out first (see service/pacing.py).
+            await self._pacer.wait()
             # Milestone logs (accepted, first token, tools, final) come from the observer.
             observed = (
                 self._observer.observe(streamer, message_id=message_id, thread_id=thread_id)
