@@ -155,7 +155,8 @@ def scenario(
     `file`: the results file's name (default: `name`)."""
 
     def register(fn: ScenarioFn) -> ScenarioFn:
-        if name in REGISTRY and REGISTRY[name].run is not fn:
+        # (the same function again is fine: `run.py` runs as __main__ and may be imported too)
+        if name in REGISTRY and REGISTRY[name].run.__qualname__ != fn.__qualname__:
             raise ValueError(f"benchmark scenario {name!r} registered twice")
         REGISTRY[name] = Registered(name, title, fn, default, smoke, file or name)
         return fn

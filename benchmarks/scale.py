@@ -24,7 +24,9 @@ def _mode(ctx: Context) -> str:
     return "smoke" if ctx.smoke else "quick" if ctx.quick else "full"
 
 
-@scenario("scale", "5,000 conversations at 1 token/s in one process, against 200 of them")
+@scenario(
+    "scale", "5,000 conversations at 1 token/s in one process, against 200 of them", smoke=True
+)
 async def scale(ctx: Context) -> dict[str, Any]:
     mode = _mode(ctx)
     small_n, large_n = SIZES[mode]
