@@ -16,7 +16,7 @@ from benchmarks.registry import Context, scenario
 
 SIZES = {"full": (200, 5000), "quick": (50, 500), "smoke": (5, 20)}
 # Long enough that the last request is taken in while the first still streams.
-TOKENS = {"full": 40, "quick": 12, "smoke": 3}
+TOKENS = {"full": 60, "quick": 12, "smoke": 3}
 INTERVAL = 1.0
 
 
