@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help install lock run test lint format typecheck demo chat docs docs-serve bench \
+.PHONY: help install lock run test lint format typecheck demo chat docs docs-serve bench bench-smoke \
         assistant-create assistant-delete thread-create clean hub hub-stop test-cluster \
         bench-cancel
 
@@ -42,6 +42,7 @@ test: $(STAMP)  ## lint, type-check, then the whole suite against the real Rabbi
 	$(MAKE) --no-print-directory lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider --ignore=tests/test_replicas.py --ignore=tests/test_cluster.py
 	$(MAKE) --no-print-directory test-cluster
+	$(MAKE) --no-print-directory bench-smoke
 
 test-cluster: $(STAMP)  ## replicas: 3 processes on the machine's broker, then on a 3-node cluster behind HAProxy
 	scripts/ensure-rabbitmq.sh
@@ -96,6 +97,10 @@ hub:  ## run the nchan hub (nginx + nchan, HUB_PROTOCOL=nchan) on HUB_PORT (8090
 
 hub-stop:  ## stop the hub started by `make hub`
 	scripts/hub.sh stop
+
+bench-smoke: $(STAMP)  ## a few seconds of every benchmark path, no thresholds (part of make test)
+	scripts/ensure-rabbitmq.sh
+	$(PY) -m benchmarks.run --smoke
 
 assistant-create: $(STAMP)  ## create the remote assistant (assistants backend) / show the local one
 	$(PY) -m service assistant create

@@ -46,6 +46,8 @@ class SideResult:
     first_text_overhead_p50_ms: float | None
     first_text_overhead_p99_ms: float | None
     peak_concurrent: int
+    intake_per_s: float | None  # requests / (last first payload - first publish)
+    model_requests_per_s: float | None  # requests / (last model request - first publish)
     wall_s: float
     cpu_s: float
     cpu_s_per_1k_tokens: float | None
@@ -126,6 +128,12 @@ def summarise(
         first_text_overhead_p50_ms=_ms(percentile(overhead, 50)),
         first_text_overhead_p99_ms=_ms(percentile(overhead, 99)),
         peak_concurrent=_peak_concurrent(first, final),
+        intake_per_s=_rate(len(first), began, max(first.values(), default=None)),
+        model_requests_per_s=_rate(
+            len(asked := [openai.requests[c] for c in conversations if c in openai.requests]),
+            began,
+            max(asked, default=None),
+        ),
         wall_s=round(wall, 3),
         cpu_s=round(cpu_s, 3),
         cpu_s_per_1k_tokens=round(cpu_s / delivered * 1000, 4) if delivered else None,
@@ -133,6 +141,12 @@ def summarise(
         fake_openai_cpu_s=round(fake_cpu[0], 2),
         fake_hub_cpu_s=round(fake_cpu[1], 2),
     )
+
+
+def _rate(count: int, began: float, last: float | None) -> float | None:
+    if last is None or count < 2 or last <= began:
+        return None
+    return round(count / (last - began), 1)
 
 
 def _peak_concurrent(first: Mapping[str, float], final: Mapping[str, float]) -> int:

@@ -4,6 +4,11 @@
     python -m benchmarks.run --scenario a          # one scenario (a/b/c/d, or its name)
     python -m benchmarks.run --quick               # small sizes, results in a temp dir
     python -m benchmarks.run --scenario b --profile /tmp/prof   # + py-spy of the service
+    python -m benchmarks.run --smoke               # seconds, no verdicts (inside `make test`)
+    python -m benchmarks.run --list                # every scenario, built in or registered
+
+Scenario modules: any module in `benchmarks/` that registers a function with
+`@benchmarks.registry.scenario(...)` is found without an edit here (see `registry.py`).
 
 For each scenario the bare loop (`benchmarks/bare.py`) runs first, then the real service
 (`faststream run service.app:app`, fresh RabbitMQ names, deleted afterwards), both against the
@@ -26,12 +31,12 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from benchmarks import metrics, procstat, workload
+from benchmarks import metrics, procstat, registry, workload
 from benchmarks.fakes import Fakes
 from benchmarks.service import fresh_names, resolve_loop, running_service, service_env
 
@@ -48,6 +53,10 @@ class Bench:
         self.log_dir = log_dir
         self.loop = resolve_loop(args.loop)
         self.extra_env = dict(item.split("=", 1) for item in args.env)
+        self.table = (
+            workload.SMOKE if args.smoke else workload.QUICK if args.quick else workload.FULL
+        )
+        self.tree = Path(args.service_dir) if args.service_dir else ROOT
 
     def _fake_cpu(self) -> tuple[float, float]:
         return procstat.cpu_seconds(self.fakes.openai.pid), procstat.cpu_seconds(self.fakes.hub.pid)
@@ -108,20 +117,22 @@ class Bench:
 
     # -- the service -------------------------------------------------------------------------
 
-    async def service(self, scenario: workload.Scenario) -> metrics.SideResult:
+    async def service(
+        self, scenario: workload.Scenario, env: Mapping[str, str] | None = None
+    ) -> metrics.SideResult:
+        """`scenario` against a fresh service process; `env`: settings on top of `--env`."""
         self.fakes.reset()
         names = fresh_names()
         prefix = f"conv_{names.prefix}"
-        env = service_env(
+        full_env = service_env(
             names,
             openai_base_url=self.fakes.openai_base_url,
             hub_uri=self.fakes.hub_uri,
             max_concurrency=scenario.prefetch,
-            extra=self.extra_env,
+            extra={**self.extra_env, **(env or {})},
         )
         n = scenario.conversations
-        tree = Path(self.args.service_dir) if self.args.service_dir else ROOT
-        async with running_service(env, names, self.log_dir, self.loop, tree) as service:
+        async with running_service(full_env, names, self.log_dir, self.loop, self.tree) as service:
             # Warm up (lazy imports, first connections), like the bare loop does.
             await service.publish(f"{prefix}_warmup", workload.WARMUP_MESSAGE)
             await service.wait_finished(1, timeout=60)
@@ -132,6 +143,11 @@ class Bench:
                     for conv in range(n):
                         await service.publish(f"{prefix}_{conv}", _message(scenario, conv))
                         await service.wait_finished(conv + 2, timeout=60)
+                elif scenario.at_once:
+                    await service.publish_at_once(
+                        [(f"{prefix}_{conv}", _message(scenario, conv)) for conv in range(n)]
+                    )
+                    await service.wait_finished(n + 1, timeout=scenario.timeout())
                 else:
                     for conv in range(n):
                         await service.publish(f"{prefix}_{conv}", _message(scenario, conv))
@@ -165,7 +181,7 @@ class Bench:
         if not self.args.profile:
             yield
             return
-        out = Path(self.args.profile) / f"service-{name}-{int(time.time())}.speedscope.json"
+        out = Path(self.args.profile) / f"service-{name}-{int(time.time())}.folded.txt"
         out.parent.mkdir(parents=True, exist_ok=True)
         spy = subprocess.Popen(
             [
@@ -174,9 +190,9 @@ class Bench:
                 "--pid",
                 str(pid),
                 "--rate",
-                "200",
+                str(self.args.profile_rate),
                 "--format",
-                "speedscope",
+                "raw",
                 "--output",
                 str(out),
             ],
@@ -229,6 +245,16 @@ class Bench:
             "dirty": bool(_git("status", "--porcelain", "--", "service", "settings.toml")),
             "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
+
+
+@registry.scenario(
+    "hub", "payload modes and hub protocols (issue 13, benchmarks/hub_modes.py)", file="hub_modes"
+)
+async def _hub_modes(ctx: registry.Context) -> dict[str, Any]:
+    from benchmarks import hub_modes
+
+    result: dict[str, Any] = await hub_modes.run(quick=ctx.quick)
+    return result
 
 
 def _message(scenario: workload.Scenario, conv: int) -> str:
@@ -354,6 +380,16 @@ def _print_result(result: dict[str, Any]) -> None:
         print(f"  [{verdict}] {t['target']}: {t['measured']} (wanted {t['wanted']})")
 
 
+def print_columns(columns: Mapping[str, Mapping[str, Any]], keys: list[str] | None = None) -> None:
+    """`{column: {key: value}}` as a table, one row per key."""
+    if not columns:
+        return
+    keys = keys or [k for k, v in next(iter(columns.values())).items() if not isinstance(v, dict)]
+    print(f"  {'':28}" + "".join(f"{name:>14}" for name in columns))
+    for key in keys:
+        print(f"  {key:28}" + "".join(f"{_cell(col.get(key)):>14}" for col in columns.values()))
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
@@ -375,18 +411,32 @@ async def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING)
     for noisy in ("aio_pika", "aiormq"):  # consumer cancellations while a run is cleaned up
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    table = workload.QUICK if args.quick else workload.FULL
-    chosen = [workload.ALIASES.get(name, name) for name in args.scenario] or [
-        *table,
-        "sweep",
-        "hub",
-    ]
-    unknown = [name for name in chosen if name not in table and name not in ("sweep", "hub")]
+    found = registry.discover()
+    table = workload.SMOKE if args.smoke else workload.QUICK if args.quick else workload.FULL
+    known = [*table, "sweep", *found]
+    if args.list:
+        for name, shape in table.items():
+            print(f"{name:14} {shape.title}")
+        print(
+            f"{'sweep':14} scenario (a) at {', '.join(map(str, workload.SWEEP_LEVELS))} conversations"
+        )
+        for name, entry in found.items():
+            print(f"{name:14} {entry.title}{'' if entry.default else '  (only when named)'}")
+        return 0
+    chosen = [workload.ALIASES.get(name, name) for name in args.scenario]
+    if not chosen:
+        if args.smoke:
+            chosen = [*workload.SMOKE, *(n for n, e in found.items() if e.smoke)]
+        else:
+            chosen = [*table, "sweep", *(n for n, e in found.items() if e.default)]
+    unknown = [name for name in chosen if name not in known]
     if unknown:
-        raise SystemExit(f"unknown scenario(s): {unknown}; choose from {[*table, 'sweep']}")
-    out = Path(args.out) if args.out else (RESULTS if not args.quick else Path(tempfile.mkdtemp()))
+        raise SystemExit(f"unknown scenario(s): {unknown}; choose from {known}")
+    temp = args.quick or args.smoke
+    out = Path(args.out) if args.out else (RESULTS if not temp else Path(tempfile.mkdtemp()))
     log_dir = Path(tempfile.mkdtemp(prefix="bench-logs-"))
     print(f"service logs: {log_dir}\nresults: {out}", flush=True)
+    _raise_fd_limit()
 
     fakes = await asyncio.to_thread(Fakes)
     bench = Bench(args, fakes, log_dir)
@@ -394,19 +444,24 @@ async def run(args: argparse.Namespace) -> int:
     results: dict[str, dict[str, Any]] = {}
     try:
         for name in chosen:
-            if name == "hub":  # issue 13: payload modes and hub protocols (hub_modes.py)
-                from benchmarks import hub_modes
-
-                print("\n== hub: payload modes and hub protocols", flush=True)
-                results[name] = await hub_modes.run(quick=args.quick)
-                _write(out, "hub_modes", results[name])
-            if name in ("sweep", "hub"):
+            if name == "sweep":
                 continue
-            results[name] = await bench.scenario(table[name])
-            _write(out, name, results[name])
+            if name in table:
+                results[name] = await bench.scenario(table[name])
+            else:
+                entry = found[name]
+                print(f"\n== {name}: {entry.title}", flush=True)
+                results[name] = {
+                    **await entry.run(registry.Context(bench)),
+                    "environment": bench.environment(),
+                }
+                for t in results[name].get("targets", []):
+                    verdict = "PASS" if t["ok"] else "MISS"
+                    print(f"  [{verdict}] {t['target']}: {t['measured']} (wanted {t['wanted']})")
+            _write(out, found[name].file if name in found else name, results[name])
         if "sweep" in chosen:
             base = table["concurrent"]
-            levels = workload.QUICK_SWEEP_LEVELS if args.quick else workload.SWEEP_LEVELS
+            levels = workload.QUICK_SWEEP_LEVELS if temp else workload.SWEEP_LEVELS
             points = []
             for level_scenario in workload.sweep(base, levels):
                 reuse = results.get("concurrent")
@@ -424,6 +479,9 @@ async def run(args: argparse.Namespace) -> int:
                 print(f"  no plot ({exc}): pip install -e '.[bench]'", file=sys.stderr)
     finally:
         await asyncio.to_thread(fakes.stop)
+    if args.smoke:
+        print("\nsmoke run done (no verdicts)")
+        return 0
     missed = [
         f"{name}: {t['target']}"
         for name, result in results.items()
@@ -434,16 +492,34 @@ async def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _raise_fd_limit() -> None:
+    """Thousands of conversations need thousands of sockets in the service, the bare loop and
+    the fakes (all children of this process): raise the soft limit to the hard one."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        wanted = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     parser.add_argument(
         "--scenario",
         action="append",
         default=[],
-        help="a/concurrent, b/throughput, c/slow, d/sequential, sweep or hub (repeatable; "
-        "default: all of them)",
+        help="a/concurrent, b/throughput, c/slow, d/sequential, sweep or a registered "
+        "scenario (repeatable; default: all of them; --list shows them)",
     )
-    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    parser.add_argument("--quick", action="store_true", help="small sizes, results in a temp dir")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny sizes, a few seconds, no verdicts: checks the benchmark code still runs",
+    )
     parser.add_argument("--out", help="results directory (default: benchmarks/results)")
     parser.add_argument(
         "--loop",
@@ -466,7 +542,12 @@ def main(argv: list[str] | None = None) -> None:
         choices=["bare", "service"],
         help="run only this side (default: both)",
     )
-    parser.add_argument("--profile", metavar="DIR", help="py-spy the service into DIR")
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="py-spy the service into DIR (folded stacks: python -m benchmarks.profile_summary)",
+    )
+    parser.add_argument("--profile-rate", type=int, default=200, help="py-spy samples per second")
     parser.add_argument(
         "--service-dir",
         metavar="DIR",

@@ -105,6 +105,22 @@ class ServiceUnderTest:
             routing_key=self.names.routing_key,
         )
 
+    async def publish_at_once(self, requests: list[tuple[str, str]]) -> None:
+        """Publish every (channel, message) back to back, bodies built beforehand; each is
+        stamped just before it is handed to the client."""
+        if self._exchange is None:
+            self._channel = await self.broker.connection.channel(publisher_confirms=False)
+            self._exchange = await self._channel.get_exchange(self.names.exchange, ensure=False)
+        await publish_back_to_back(
+            self._exchange,
+            self.names.routing_key,
+            [
+                (ch, json.dumps({"message": text, "channel": ch, "message_id": ch}).encode())
+                for ch, text in requests
+            ],
+            self.published,
+        )
+
     def finished(self) -> int:
         return len(self.broker.events)
 
@@ -115,6 +131,22 @@ class ServiceUnderTest:
 
     def log_tail(self, chars: int = 3000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:]
+
+
+async def publish_back_to_back(
+    exchange: aio_pika.abc.AbstractExchange,
+    routing_key: str,
+    bodies: list[tuple[str, bytes]],
+    stamps: dict[str, float],
+) -> None:
+    """A burst: (channel, body) published one after another as fast as the client goes,
+    `stamps[channel]` = the time just before its publish."""
+    messages = [
+        (ch, aio_pika.Message(body, content_type="application/json")) for ch, body in bodies
+    ]
+    for ch, message in messages:
+        stamps[ch] = time.time()
+        await exchange.publish(message, routing_key=routing_key)
 
 
 def _spawn(

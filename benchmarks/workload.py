@@ -65,6 +65,7 @@ class Scenario:
     interval: float  # seconds between two tokens of one answer; 0 = as fast as the fake can
     delay: float = 0.0  # the fake model's own delay before its first token
     sequential: bool = False  # one request after another instead of all at once
+    at_once: bool = False  # every request handed to the client in one go (one publish time)
     max_concurrency: int | None = None  # the service's MAX_CONCURRENCY (default: enough)
 
     @property
@@ -111,6 +112,11 @@ QUICK: dict[str, Scenario] = {
     "throughput": FULL["throughput"].scaled(conversations=10, tokens=500),
     "slow": FULL["slow"].scaled(conversations=200, tokens=4, max_concurrency=200),
     "sequential": FULL["sequential"].scaled(conversations=40),
+}
+
+# Inside `make test` (`--smoke`): seconds, just enough to run every code path of the benchmark.
+SMOKE: dict[str, Scenario] = {
+    "concurrent": FULL["concurrent"].scaled(conversations=8, tokens=10, interval=0.005),
 }
 
 ALIASES = {"a": "concurrent", "b": "throughput", "c": "slow", "d": "sequential"}

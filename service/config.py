@@ -36,6 +36,7 @@ class Settings(BaseModel):
     openai_assistant_id: str = ""
     openai_max_attempts: int = Field(3, ge=1, le=10)
     openai_retry_backoff: float = Field(0.5, ge=0)
+    openai_http_client: Literal["aiohttp", "httpx"] = "aiohttp"
 
     assistant_name: str = "KMC Assistant"
     assistant_instructions: str = ""

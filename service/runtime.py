@@ -22,6 +22,7 @@ from service.config import Settings
 from service.coordination import Coordinator, coordinator_for
 from service.coordination.reattach import reattach_store_for
 from service.delivery import Deliveries
+from service.model_http import AiohttpTransport
 from service.sinks.hub import BufferedHub, hub_from_settings
 from service.tools import ToolConfig, ToolRegistry
 
@@ -56,8 +57,11 @@ def openai_client(settings: Settings, http: httpx2.AsyncClient | None = None) ->
 STREAMS_PER_POOL = 64
 
 
-def model_transport(max_concurrency: int) -> httpx2.AsyncBaseTransport:
-    """The transport of the model API client: one connection pool, or several for many streams."""
+def model_transport(max_concurrency: int, client: str = "httpx") -> httpx2.AsyncBaseTransport:
+    """The transport of the model API client: aiohttp (OPENAI_HTTP_CLIENT, the default), or
+    httpx2's with one connection pool, or several for many streams."""
+    if client == "aiohttp":
+        return AiohttpTransport()
     limits = httpx2.Limits(max_connections=None, max_keepalive_connections=max_concurrency * 2)
     pools = -(-max_concurrency // STREAMS_PER_POOL)
     if pools == 1:
@@ -108,7 +112,7 @@ class Runtime:
         self._openai = openai_client(
             s,
             httpx2.AsyncClient(
-                transport=model_transport(s.max_concurrency),
+                transport=model_transport(s.max_concurrency, s.openai_http_client),
                 timeout=httpx2.Timeout(s.run_timeout, connect=10.0, read=s.stream_idle_timeout),
             ),
         )

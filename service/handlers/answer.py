@@ -22,6 +22,7 @@ from service.coordination.reattach import RunCheckpoint, current_checkpoint
 from service.delivery.held import FinalEvent, Held
 from service.errors import ServiceError
 from service.observability.milestones import RunObserver
+from service.pacing import StartPacer
 from service.schemas import CompletedEvent, ErrorCode, FailedEvent
 from service.sinks.checkpointed_hub import CheckpointedHub
 from service.sinks.hub import Hub
@@ -49,6 +50,7 @@ class RequestAnswers:
         observer: RunObserver | None = None,
         control: CancelControl | None = None,
         reattacher: Reattacher | None = None,
+        pacer: StartPacer | None = None,
     ) -> None:
         self._reattacher = reattacher  # OPENAI_BACKGROUND (contract §12)
         self._runner = runner
@@ -58,6 +60,7 @@ class RequestAnswers:
         self.control = control
         """Cancel and double texting (§8), set once the delivery layer exists."""
         self._forgetting: set[asyncio.Task[None]] = set()
+        self._pacer = pacer or StartPacer()
 
     async def answer(self, held: Held) -> FinalEvent:
         request, message_id, thread_id = held.request, held.message_id, held.conversation_id
@@ -66,11 +69,15 @@ class RequestAnswers:
         streamer = self._streamer(held, checkpoint)
         outcome: RunResult | ServiceError
         footprint: Footprint | None = None
+        self._pacer.arrived()
         try:
             if checkpoint is not None and checkpoint.resumed:
                 streamer.resume()  # the sequence another replica began goes on
             else:
                 streamer.start()
+            # `started` is on its way: the costly part (the model request) waits for its turn,
+            # so a burst of requests gets every `started` out first (see service/pacing.py).
+            await self._pacer.wait()
             # Milestone logs (accepted, first token, tools, final) come from the observer.
             observed = (
                 self._observer.observe(streamer, message_id=message_id, thread_id=thread_id)
@@ -101,6 +108,8 @@ class RequestAnswers:
             # has sent the final payload; the request still gets its one final event.
             task.uncancel()
             outcome = held.stop
+            # Ended before the runner took over (waiting for its start): no payload yet.
+            await _final_payload(streamer, outcome)
             erase = self.control.erases(held) if self.control is not None else None
             if erase is not None and footprint is not None:
                 # Ended by a user: before the conversation's next request runs, leave the

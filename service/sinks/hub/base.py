@@ -162,6 +162,11 @@ class BufferedHub:
     def payload_frame(self, channel: str, payload: dict[str, Any]) -> bytes:
         raise NotImplementedError
 
+    def write_now(self, lane: Lane, frame: bytes) -> bool:
+        """Hand `frame` to the lane's connection at once, bypassing the buffer, when nothing of
+        the lane is queued before it; False (the default): it is buffered."""
+        return False
+
     async def serve_lane(self, lane: Lane) -> None:
         """Connect, write the lane's frames until it is finished (`lane_done`), then return;
         raise on a lost connection (the supervisor reconnects)."""
@@ -255,6 +260,10 @@ class BufferedHub:
             lane = self._lanes[key] = Lane(key)
             if self._started and not self._closing:
                 self._start_lane(lane)
+        if not lane.frames and self.write_now(lane, frame):
+            if channel is not None:
+                self.written(channel)
+            return
         lane.frames.append((channel, frame))
         self._frames += 1
         self._bytes += len(frame) + FRAME_OVERHEAD

@@ -13,6 +13,7 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.protocol import State
 
 from service.sinks.hub.base import BufferedHub, Lane, dumps, refused
 
@@ -21,6 +22,36 @@ log = logging.getLogger("service.hub")
 
 class EnvelopeHub(BufferedHub):
     """Client of the §5 envelope hub at `uri`: one connection, one ordered lane."""
+
+    # The connection while its writer waits on an empty lane: `write_now` may use it then.
+    _idle_ws: ClientConnection | None = None
+    _flush: asyncio.Handle | None = None
+
+    def write_now(self, lane: Lane, frame: bytes) -> bool:
+        """Frame `frame` on the idle connection at once; the frames of one loop turn leave in
+        one socket write at the end of the turn.
+
+        Through the buffer, a frame waits for the writer task to wake up: under a burst of new
+        requests that held each `started` payload behind every other request's start-up work
+        (bench burst), and it cost one system call per frame (8.7 % of the service's CPU in
+        bench (a)). Same bytes, same order: `send_text` + `send_data` is what `ws.send` does."""
+        ws = self._idle_ws  # the hub never sends fragmented messages: none can be in progress
+        if ws is None or ws.paused or ws.protocol.state is not State.OPEN:
+            return False
+        try:
+            ws.protocol.send_text(frame)
+        except Exception:  # the writer's own send will find the connection broken
+            return False
+        if self._flush is None:
+            self._flush = asyncio.get_running_loop().call_soon(self._flush_now, ws)
+        return True
+
+    def _flush_now(self, ws: ClientConnection) -> None:
+        self._flush = None
+        try:
+            ws.send_data()
+        except Exception:  # the writer's next send (or the reader) sees the broken connection
+            log.debug("hub: direct write failed", exc_info=True)
 
     def subscribe_frame(self, channel: str) -> bytes:
         return dumps(
@@ -71,9 +102,11 @@ class EnvelopeHub(BufferedHub):
                     if reader.done():  # the connection closed (the reader wakes us when it does)
                         reader.result()
                         raise ConnectionClosed(None, None)
+                    self._idle_ws = ws
                     lane.wakeup.clear()
                     await lane.wakeup.wait()
                     continue
+                self._idle_ws = None  # queued frames go first, in order
                 owner, frame = lane.frames[0]
                 await ws.send(frame, text=True)
                 # Only a frame that went out leaves the buffer: a failed send is retried first.
@@ -81,6 +114,7 @@ class EnvelopeHub(BufferedHub):
                 if owner is not None:
                     self.written(owner)
         finally:
+            self._idle_ws = None
             reader.cancel()
 
 
