@@ -40,14 +40,15 @@ test: $(STAMP)  ## lint, type-check, then the whole suite against the real Rabbi
 	scripts/ensure-redis.sh
 	scripts/ensure-chromium.sh
 	$(MAKE) --no-print-directory lint
-	$(VENV)/bin/pytest -q -p no:cacheprovider --ignore=tests/test_replicas.py --ignore=tests/test_cluster.py
+	$(VENV)/bin/pytest -q -p no:cacheprovider --ignore=tests/test_replicas.py --ignore=tests/test_cluster.py \
+		--ignore=tests/test_replica_cancel.py
 	$(MAKE) --no-print-directory test-cluster
 	$(MAKE) --no-print-directory bench-smoke
 
 test-cluster: $(STAMP)  ## replicas: 3 processes on the machine's broker, then on a 3-node cluster behind HAProxy
 	scripts/ensure-rabbitmq.sh
 	scripts/ensure-redis.sh
-	$(VENV)/bin/pytest -q -p no:cacheprovider tests/test_replicas.py tests/test_cluster.py
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests/test_replicas.py tests/test_replica_cancel.py tests/test_cluster.py
 
 demo: $(STAMP)  ## offline demo: fakes + service + one request that uses a tool
 	scripts/ensure-rabbitmq.sh

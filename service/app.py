@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, cast
 from faststream.exceptions import StartupValidationError
 from faststream.rabbit import Channel, RabbitBroker
 from faststream.specification import AsyncAPI
+from pydantic import SecretStr
 
 from service.assistant.runner import Runner
 from service.config import ConfigurationError, Settings, load_settings
@@ -78,7 +79,7 @@ def create_app(
     ref = DeliveriesRef()
     router, requests_subscriber = chat_router(topology, ref)
     # Replicas (REDIS_URL): QUEUE_NAME is consumed by the replica set's router instead.
-    replicas = replica_set(settings, ref, member)
+    replicas = replica_set(settings, ref, member, observability)
     if replicas is None:
         broker.include_router(router)
     completed = broker.publisher(
@@ -189,10 +190,20 @@ def create_app(
             title=TITLE, version="1.0.0", description=DESCRIPTION, schema_version="3.0.0"
         ),
     )
+    # Replica mode consumes QUEUE_NAME outside FastStream, so FastStream's document would lack
+    # the request channel: serve the document of the same app without REDIS_URL (as `make
+    # docs` generates it; the shard channel is added to both).
+    documented = (
+        app
+        if replicas is None
+        else create_app(
+            settings.model_copy(update={"redis_url": SecretStr(""), "tracing_enabled": False})
+        )
+    )
     routes = http_routes(
         readiness=readiness,
         metrics=observability.metrics,
-        asyncapi=lambda: asyncapi_document(app),
+        asyncapi=lambda: asyncapi_document(documented),
     )
     for path, route in routes:
         app.mount(path, route)
@@ -202,7 +213,9 @@ def create_app(
     return app
 
 
-def replica_set(settings: Settings, ref: DeliveriesRef, member: str | None) -> ReplicaSet | None:
+def replica_set(
+    settings: Settings, ref: DeliveriesRef, member: str | None, observability: Observability
+) -> ReplicaSet | None:
     """REDIS_URL set: the router and shard consumers of README "Running replicas"."""
     if not settings.redis_url.get_secret_value():
         return None
@@ -226,6 +239,12 @@ def replica_set(settings: Settings, ref: DeliveriesRef, member: str | None) -> R
         return request.message_id or raw.message_id or "", request.conversation_id
 
     async def deliver(raw: AbstractIncomingMessage) -> None:
+        # Counted like a FastStream delivery (received, processed, duration) in /metrics.
+        await observability.metrics.consumed(
+            raw.exchange or "", raw.routing_key or "", raw.body, lambda: take(raw)
+        )
+
+    async def take(raw: AbstractIncomingMessage) -> None:
         # Called in delivery order; `arrive` reserves the turn before the first await.
         if is_redelivered(raw):
             mark_redelivered(raw)

@@ -190,6 +190,15 @@ async def test_a_conversation_is_busy_while_any_live_owner_is_in_its_line(make: 
     assert not await b.busy(conversation)
 
 
+async def test_a_cancel_tombstone_is_seen_by_every_owner(make: Factory) -> None:
+    a, b = await make(), await make()
+    message_id = mid()
+    assert not await b.was_cancelled(message_id)
+    await a.mark_cancelled(message_id)
+    assert await b.was_cancelled(message_id)
+    assert not await b.was_cancelled(mid())
+
+
 async def test_a_dead_owners_place_in_line_is_skipped(make: Factory) -> None:
     a, b = await make(), await make()
     conversation = f"conv_{uuid.uuid4().hex[:8]}"

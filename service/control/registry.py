@@ -93,6 +93,19 @@ class CancelControl:
         for held in ended:
             log.info("cancelling message_id=%s (%s)", held.message_id, held.state.value)
             await self.announce(held)
+        if request.message_id and not targets:
+            # Not held here: it may be between the router and its shard, or waiting in a
+            # queue beyond the prefetch. A tombstone ends it cancelled when it arrives.
+            try:
+                await self._deliveries.coordinator.mark_cancelled(request.message_id)
+            except Exception as exc:
+                log.warning("cancel tombstone of %s not written (%r)", request.message_id, exc)
+            # Arrived here while the tombstone was being written (it may have missed it).
+            late = self._deliveries.held.matching(message_id=request.message_id)
+            for held in [h for h in late if self._end(h, cancelled_error(), erase=False)]:
+                log.info("cancelling message_id=%s (%s)", held.message_id, held.state.value)
+                await self.announce(held)
+                ended.append(held)
         return ended
 
     def _end(self, held: Held, error: ServiceError, *, erase: bool) -> bool:
@@ -115,6 +128,10 @@ class CancelControl:
         """Apply `on_busy` to a request that has just arrived (held, its turn reserved)."""
         held = next((h for h in self._deliveries.held if h.raw is raw), None)
         if held is None or held.stop is not None:
+            return
+        if await self._tombstoned(held.message_id):
+            log.info("message_id=%s was cancelled before it arrived", held.message_id)
+            self._end(held, cancelled_error(), erase=False)
             return
         conversation_id = held.conversation_id
         others = [
@@ -158,6 +175,15 @@ class CancelControl:
         for other in ended:
             log.info("message_id=%s interrupted by %s", other.message_id, by)
             await self.announce(other)
+
+    async def _tombstoned(self, message_id: str) -> bool:
+        if not message_id:
+            return False
+        try:
+            return await self._deliveries.coordinator.was_cancelled(message_id)
+        except Exception as exc:  # the shared store is down: run it
+            log.warning("could not read the cancel tombstone of %s (%r)", message_id, exc)
+            return False
 
     async def _busy_elsewhere(self, conversation_id: str) -> bool:
         try:

@@ -14,6 +14,11 @@ requests joined the conversation's line:
 
     join_turn / wait_turn / leave_turn, busy
 
+A **cancel tombstone** per `message_id` remembers, for CANCEL_TOMBSTONE_TTL seconds, that a
+cancel by message_id arrived while no process held the request (it was still in flight between
+the router and its shard, or waiting in a queue beyond the prefetch): the request ends
+`cancelled` when it is delivered (`mark_cancelled` / `was_cancelled`).
+
 Claims and places in a line belong to an *owner* (one per process). The owner keeps a lease
 alive while it lives (`open()` starts it, every LEASE_TTL/3 s); a process that dies stops
 renewing it, and its claims and places expire LEASE_TTL seconds later. A live owner's never do.
@@ -92,6 +97,16 @@ class Coordinator(Protocol):
     async def busy(self, conversation_id: str) -> bool:
         """True while any live owner has a place in the conversation's line."""
 
+    async def mark_cancelled(self, message_id: str) -> None:
+        """Remember for CANCEL_TOMBSTONE_TTL s that `message_id` was cancelled."""
+
+    async def was_cancelled(self, message_id: str) -> bool:
+        """True while a cancel tombstone of `message_id` lives."""
+
+
+CANCEL_TOMBSTONE_TTL = 900.0
+"""Seconds a cancel tombstone lives: longer than a request normally spends in the queues."""
+
 
 def coordinator_for(settings: Settings) -> Coordinator:
     """REDIS_URL set: shared through Redis; otherwise in-process with a local journal."""
@@ -104,4 +119,4 @@ def coordinator_for(settings: Settings) -> Coordinator:
     return LocalCoordinator.from_settings(settings)
 
 
-__all__ = ["Claim", "Coordinator", "coordinator_for"]
+__all__ = ["CANCEL_TOMBSTONE_TTL", "Claim", "Coordinator", "coordinator_for"]

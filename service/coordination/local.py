@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from service.config import ConfigurationError
-from service.coordination import Claim
+from service.coordination import CANCEL_TOMBSTONE_TTL, Claim
 
 if TYPE_CHECKING:
     from service.config import Settings
@@ -128,6 +129,8 @@ class LocalStore:
     lines: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     changed: dict[str, asyncio.Event] = field(default_factory=dict)
     bytes_used: int = 0
+    tombstones: dict[str, float] = field(default_factory=dict)
+    """Cancel tombstones: message_id → monotonic expiry (not journalled: a restart forgets)."""
 
     def __post_init__(self) -> None:
         if self.journal is not None:
@@ -285,3 +288,12 @@ class LocalCoordinator:
 
     async def busy(self, conversation_id: str) -> bool:
         return bool(self.store.line(conversation_id))
+
+    async def mark_cancelled(self, message_id: str) -> None:
+        now, tombstones = time.monotonic(), self.store.tombstones
+        for expired in [k for k, until in tombstones.items() if until <= now]:
+            del tombstones[expired]
+        tombstones[message_id] = now + CANCEL_TOMBSTONE_TTL
+
+    async def was_cancelled(self, message_id: str) -> bool:
+        return self.store.tombstones.get(message_id, 0.0) > time.monotonic()

@@ -12,6 +12,8 @@ Keys (all prefixed with `<prefix>` = QUEUE_NAME; the service never flushes the d
                                conversation's line; the head runs. Places of dead owners are
                                dropped when met. Expires RUN_RECORD_TTL s after its last join.
     <prefix>:line-seq          counter giving each place its score.
+    <prefix>:cancelled:<message_id>  "1": a cancel tombstone, expires after
+                               CANCEL_TOMBSTONE_TTL (see service.coordination).
 
 Every read-modify-write is one Lua script, so replicas never interleave inside one.
 """
@@ -27,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from service.coordination import Claim
+from service.coordination import CANCEL_TOMBSTONE_TTL, Claim
 
 if TYPE_CHECKING:
     from service.config import Settings
@@ -284,6 +286,19 @@ class RedisCoordinator:
 
     async def busy(self, conversation_id: str) -> bool:
         return bool(await self._call("busy", [self._line_key(conversation_id)], [self._owners]))
+
+    # -- cancel tombstones -------------------------------------------------------------------
+
+    def _tombstone_key(self, message_id: str) -> str:
+        return f"{self.prefix}:cancelled:{message_id}"
+
+    async def mark_cancelled(self, message_id: str) -> None:
+        await self._redis.set(
+            self._tombstone_key(message_id), "1", px=int(CANCEL_TOMBSTONE_TTL * 1000)
+        )
+
+    async def was_cancelled(self, message_id: str) -> bool:
+        return bool(await self._redis.exists(self._tombstone_key(message_id)))
 
 
 def _text(value: Any) -> str:

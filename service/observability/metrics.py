@@ -7,9 +7,12 @@ connection state, reconnects, send queue depth) are read when Prometheus scrapes
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Protocol
 
+from faststream.prometheus.manager import MetricsManager
+from faststream.prometheus.types import ProcessingStatus
 from faststream.rabbit.prometheus import RabbitPrometheusMiddleware
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client import generate_latest as render_registry
@@ -117,7 +120,41 @@ class ServiceMetrics:
 
     def broker_middleware(self) -> RabbitPrometheusMiddleware:
         """FastStream's RabbitMQ metrics (`faststream_*`), in this registry."""
-        return RabbitPrometheusMiddleware(registry=self.registry, app_name=APP_NAME)
+        middleware = RabbitPrometheusMiddleware(registry=self.registry, app_name=APP_NAME)
+        # The same instruments count the shard deliveries of replica mode (`consumed`).
+        self._faststream: MetricsManager | None = middleware._metrics_manager
+        return middleware
+
+    async def consumed(
+        self, exchange: str, routing_key: str, body: bytes, work: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Run `work` (one delivery taken outside FastStream's subscribers: the shard queues of
+        replica mode) and count it in FastStream's `faststream_received_*` metrics, labelled
+        as FastStream's own middleware labels a delivery (`<exchange or default>.<key>`)."""
+        manager = getattr(self, "_faststream", None)
+        if manager is None:
+            await work()
+            return
+        labels = {"broker": "rabbitmq", "handler": f"{exchange or 'default'}.{routing_key}"}
+        manager.add_received_message(**labels)
+        manager.observe_received_messages_size(size=len(body), **labels)
+        manager.add_received_message_in_process(**labels)
+        status = ProcessingStatus.acked
+        started = time.perf_counter()
+        try:
+            await work()
+        except Exception as exc:
+            status = ProcessingStatus.error
+            manager.add_received_processed_message_exception(
+                exception_type=type(exc).__name__, **labels
+            )
+            raise
+        finally:
+            manager.observe_received_processed_message_duration(
+                duration=time.perf_counter() - started, **labels
+            )
+            manager.remove_received_message_in_process(**labels)
+            manager.add_received_processed_message(status=status, **labels)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric in the registry."""
