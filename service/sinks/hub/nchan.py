@@ -8,7 +8,8 @@ ordered lane, so seq order holds per channel while channels publish concurrently
   message (nchan answers each published message on the socket). A message leaves the buffer
   on its acknowledgement; after a lost connection the unacknowledged ones are sent again.
 - `http://…` (`NchanHttpHub`): `POST` with `Content-Type: application/json` over a shared
-  keep-alive connection pool (httpx2); a message leaves the buffer on nchan's 2xx answer.
+  keep-alive connection pool (`http1.Http1Pool`, a minimal HTTP/1.1 client: httpx2 cost ~8x
+  the CPU per POST); a message leaves the buffer on nchan's 2xx answer.
 
 401/403 (wrong or missing token) drops the channel's buffered payloads with one clear log line
 (at most every few seconds); the request completes with `hub_delivered: false`.
@@ -17,6 +18,8 @@ ordered lane, so seq order holds per channel while channels publish concurrently
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import logging
 from typing import Any
 
@@ -32,11 +35,16 @@ from service.sinks.hub.base import (
     dumps,
     refused,
 )
+from service.sinks.hub.http1 import Http1Pool
 
 log = logging.getLogger("service.hub")
 
 # Concurrent POSTs (and keep-alive connections) of the HTTP publisher.
 HTTP_POOL = 32
+# POSTs of one channel written at once (pipelined) on one connection, answered in order.
+HTTP_PIPELINE = 16
+# Frames of one channel written at once on its publisher WebSocket.
+WS_BATCH = 64
 
 
 class _NchanHub(BufferedHub):
@@ -66,6 +74,25 @@ class _NchanHub(BufferedHub):
             return
 
 
+class _CoalescingConnection(ClientConnection):
+    """Writes what the protocol has to send in one `transport.write`, not one per frame:
+    a batch of small frames costs one syscall (websockets writes each frame on its own)."""
+
+    def send_data(self) -> None:
+        data = self.protocol.data_to_send()
+        if len(data) > 1 and all(data):
+            self.transport.write(b"".join(data))
+            return
+        for chunk in data:
+            if chunk:
+                self.transport.write(chunk)
+            elif self.transport.can_write_eof():  # half-close, as websockets does
+                with contextlib.suppress(Exception):
+                    self.transport.write_eof()
+            else:
+                self.transport.close()
+
+
 class NchanWebSocketHub(_NchanHub):
     """nchan's WebSocket publisher: one socket per active channel."""
 
@@ -80,6 +107,7 @@ class NchanWebSocketHub(_NchanHub):
                 max_queue=None,
                 write_limit=2**16,
                 compression=None,
+                create_connection=_CoalescingConnection,
             )
         except InvalidStatus as exc:
             raise (refused(exc) or exc) from exc
@@ -106,9 +134,12 @@ class NchanWebSocketHub(_NchanHub):
                 lane.wakeup.clear()
                 await lane.wakeup.wait()
                 continue
-            _, frame = lane.frames[lane.sent]
-            await ws.send(frame, text=True)
-            lane.sent += 1
+            # Every queued frame at once: one write (one syscall) for all of them.
+            batch = list(itertools.islice(lane.frames, lane.sent, lane.sent + WS_BATCH))
+            async with ws.send_context():
+                for _, frame in batch:
+                    ws.protocol.send_text(frame)
+            lane.sent += len(batch)
 
     async def _acknowledged(self, ws: ClientConnection, lane: Lane) -> None:
         assert lane.key is not None
@@ -122,46 +153,56 @@ class NchanWebSocketHub(_NchanHub):
 
 
 class NchanHttpHub(_NchanHub):
-    """nchan's HTTP publisher: `POST <uri>/<channel>` over a keep-alive pool."""
+    """nchan's HTTP publisher: `POST <uri>/<channel>` over a small keep-alive pool."""
 
-    _client: httpx2.AsyncClient | None = None
+    _pool: Http1Pool | None = None
 
-    def _http(self) -> httpx2.AsyncClient:
-        if self._client is None:
-            limits = httpx2.Limits(max_connections=HTTP_POOL, max_keepalive_connections=HTTP_POOL)
-            self._client = httpx2.AsyncClient(
-                limits=limits, timeout=httpx2.Timeout(10.0, connect=5.0, pool=None)
+    def _http(self) -> Http1Pool:
+        if self._pool is None:
+            headers = {**self._headers(), "Content-Type": "application/json"}
+            self._pool = Http1Pool(
+                self._uri, size=HTTP_POOL, timeout=10.0, connect_timeout=5.0, headers=headers
             )
-        return self._client
+        return self._pool
 
     async def serve_lane(self, lane: Lane) -> None:
         assert lane.key is not None
-        url = f"{self._uri}/{lane.key}"
-        headers = {**self._headers(), "Content-Type": "application/json"}
-        client = self._http()
+        pool = self._http()
+        target = pool.path_for(lane.key)
         opened = False
         while await self.next_frame(lane):
-            owner, frame = lane.frames[0]
-            response = await client.post(url, content=frame, headers=headers)
-            status = response.status_code
+            # What the lane has queued goes in one write, pipelined; the buffer may drop the
+            # oldest frames meanwhile: `sent`/`ghost_acks` tell which answers are for them.
+            bodies = [frame for _, frame in itertools.islice(lane.frames, HTTP_PIPELINE)]
+            lane.sent, lane.ghost_acks = len(bodies), 0
+            statuses = await pool.post_many(target, bodies)
             if not opened:  # nginx answered: it is there
                 opened = True
                 self.connection_opened(lane)
-            if status in (401, 403):
-                raise HubRefused(f"HTTP {status}")
-            if status >= 500:
-                raise HubUnavailable(f"HTTP {status}")
-            self._take(lane)
-            if owner is None:
-                continue
-            if status >= 400:
-                # Refused for this message alone (e.g. too large): retrying cannot help.
-                log.warning("hub %s refused a payload of channel %s: HTTP %d", url, owner, status)
-                self._lost(owner)
-            else:
-                self.written(owner)
+            for status in statuses:
+                if lane.ghost_acks > 0:
+                    lane.ghost_acks -= 1  # its frame left the buffer already
+                    continue
+                if status in (401, 403):
+                    raise HubRefused(f"HTTP {status}")
+                if status >= 500:
+                    # Sent again, and the pipelined ones after it too (at least once).
+                    raise HubUnavailable(f"HTTP {status}")
+                lane.sent -= 1
+                owner, _ = self._take(lane)
+                if owner is None:
+                    continue
+                if status >= 400:
+                    # Refused for this message alone (e.g. too large): retrying cannot help.
+                    log.warning(
+                        "hub %s refused a payload of channel %s: HTTP %d", self._uri, owner, status
+                    )
+                    self._lost(owner)
+                else:
+                    self.written(owner)
+            lane.sent = lane.ghost_acks = 0
 
     async def on_close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        if self._pool is not None:
+            await self._pool.aclose()
+            self._pool = None
