@@ -695,3 +695,38 @@ async def test_a_cancelled_run_closes_its_stream_and_ends_with_the_cancel_and_it
         "half an answer",
     )
     assert raw.settled == ["ack"] and journal[-2:] == [("event", raw.mid), ("ack", raw.mid)]
+
+
+class EndsAtItsStart(LocalCoordinator):
+    """Ends the request as its start is recorded, so the end lands after its run task exists
+    but before that task's first step (a cancel arriving in that instant)."""
+
+    deliveries: Deliveries | None = None
+
+    async def record_start(self, message_id: str) -> int:
+        count = await super().record_start(message_id)
+        cancelled = ServiceError(ErrorCode.CANCELLED, "Cancelled", retryable=False)
+
+        def end() -> None:
+            assert self.deliveries is not None
+            (held,) = self.deliveries.held.matching(message_id=message_id)
+            assert held.run is not None and self.deliveries.end(held, cancelled)
+
+        asyncio.get_running_loop().call_soon(end)
+        return count
+
+
+async def test_a_request_ended_before_its_run_takes_a_step_still_sends_its_error_payload() -> None:
+    store = LocalStore()
+    coordinator = EndsAtItsStart(store)
+    process = await Process(store, coordinator=coordinator).open()
+    coordinator.deliveries = process.deliveries
+    raw = FakeDelivery(request(conv()), process.journal)
+    process.take(raw)
+    await within(asyncio.gather(*process.tasks))
+    # The run never started, so it ends as a request that never ran: its error payload alone
+    # (not a failed event the hub never heard of), one failed event, then the ack.
+    assert process.answers.refused == [(raw.mid, ErrorCode.CANCELLED)]
+    (event,) = process.events.events
+    assert isinstance(event, FailedEvent) and event.code is ErrorCode.CANCELLED
+    assert raw.settled == ["ack"]

@@ -281,10 +281,12 @@ class Deliveries:
         try:
             final = await held.run
         except asyncio.CancelledError:
-            if held.run.cancelled() and held.stop is not None:
-                final = self._failed(held, held.stop)
-            else:
+            if not (held.run.cancelled() and held.stop is not None):
                 raise
+            # Ended before the run's first step: nothing of it reached the hub, so it ends
+            # as a request that never ran (its error payload alone, then its failed event).
+            await self._refuse(held, held.stop)
+            return ticket
         held.final = final
         held.state = HeldState.ENDING
         await self._finish(held, final)
