@@ -182,8 +182,15 @@ async def test_milestones_are_json_lines_with_ids_durations_and_the_final_code(
     body = ops.stack.request(f"ops-logs {t}", message_id=f"logs-{t}")
     await ops.stack.broker.publish(body)
     await ops.stack.broker.wait_event(body["message_id"])
-    await asyncio.sleep(0.2)
-    text = ops.stack.service.log_text()
+    # The final milestone is logged around the event's publish: wait for its line, not a while.
+    deadline = time.monotonic() + 10
+    while True:
+        text = ops.stack.service.log_text()
+        lines = text.splitlines()
+        if any(body["message_id"] in line and '"milestone": "final"' in line for line in lines):
+            break
+        assert time.monotonic() < deadline, "the final milestone was never logged"
+        await asyncio.sleep(0.02)
     assert SECRET_KEY not in text and "hub-token-SECRET-77" not in text
     mine = [json.loads(line) for line in text.splitlines() if body["message_id"] in line]
     milestones = {entry["milestone"]: entry for entry in mine if "milestone" in entry}
