@@ -141,6 +141,13 @@ class Deliveries:
         self._arrivals[id(raw)] = arrival
         return arrival
 
+    def held_of(self, raw: object) -> Held | None:
+        """The held request of a delivery between `arrive` and `settle` (None otherwise)."""
+        arrival = self._arrivals.get(id(raw))
+        if isinstance(arrival, Accepted) and arrival.held.raw is raw:
+            return arrival.held
+        return None
+
     async def settle(self, raw: AbstractIncomingMessage) -> None:
         """See the delivery through to its end: ack, nack or dead-letter, exactly once."""
         arrival = self._arrivals.pop(id(raw), None)
