@@ -276,6 +276,10 @@ class LocalCoordinator:
             event = self.store.changed.setdefault(conversation_id, asyncio.Event())
             await event.wait()
 
+    def heads_line(self, conversation_id: str, ticket: str) -> bool:
+        line = self.store.line(conversation_id)
+        return bool(line) and line[0] == (self.owner, ticket)
+
     async def leave_turn(self, conversation_id: str, ticket: str) -> None:
         line = self.store.lines.get(conversation_id)
         if line is None:
