@@ -148,6 +148,8 @@ class LocalStore:
 
     def _evict(self) -> None:
         # Oldest first, never a run a live owner holds.
+        if self.bytes_used <= self.max_bytes:
+            return  # the usual case: no copy of every record on each put (5,000 runs: quadratic)
         for message_id in list(self.runs):
             if self.bytes_used <= self.max_bytes:
                 break
