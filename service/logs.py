@@ -8,11 +8,13 @@ tracebacks included, passes through the redactor before it is written.
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import json
 import logging
 import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 from service.config import Settings
 from service.redaction import RedactingFilter, Redactor
@@ -80,10 +82,57 @@ def _text_value(value: Any) -> str:
     return text
 
 
+class LoopTurnStream:
+    """A text stream that, inside a running event loop, writes what one loop turn logged in
+    one system call at the end of that turn; outside one, it writes through at once.
+
+    Unbuffered, every log line was its own `write` to stderr, on the path of the request
+    that logged it (bench burst: two lines per request before its `started` payload). Lines
+    keep their order; whatever is still pending when the process exits is written then."""
+
+    def __init__(self, target: TextIO) -> None:
+        self._target = target
+        self._pending: list[str] = []
+        self._flush: asyncio.Handle | None = None
+        atexit.register(self._write_pending)
+
+    def write(self, text: str) -> int:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._write_pending()
+            self._target.write(text)
+            self._target.flush()
+            return len(text)
+        self._pending.append(text)
+        if self._flush is None:
+            self._flush = loop.call_soon(self._write_pending)
+        return len(text)
+
+    def flush(self) -> None:
+        if self._flush is None:  # nothing waits for the end of a loop turn
+            self._target.flush()
+
+    def _write_pending(self) -> None:
+        self._flush = None
+        if self._pending:
+            pending, self._pending = self._pending, []
+            text = "".join(pending)
+            try:
+                self._target.write(text)
+                self._target.flush()
+            except (OSError, ValueError):  # stderr closed: nowhere left to log to
+                pass
+
+    def isatty(self) -> bool:
+        return self._target.isatty()
+
+
 def configure_logging(settings: Settings) -> Redactor:
     """Route every logger through one handler that masks the settings' secrets."""
     redactor = Redactor(settings.secrets())
-    handler = logging.StreamHandler(sys.stderr)
+    stream = LoopTurnStream(sys.stderr)
+    handler = logging.StreamHandler(stream)
     formatter: logging.Formatter = (
         JsonFormatter(redactor) if settings.log_format == "json" else TextFormatter(redactor)
     )
@@ -100,6 +149,12 @@ def configure_logging(settings: Settings) -> Redactor:
         for own in logging.getLogger(name).handlers:
             own.setFormatter(formatter)
             own.addFilter(RedactingFilter(redactor))
+            if isinstance(own, logging.StreamHandler) and own.stream in (
+                sys.stderr,
+                sys.stdout,
+            ):
+                # Same stream, same batching: their lines stay in order with ours.
+                own.setStream(stream if own.stream is sys.stderr else LoopTurnStream(own.stream))
     for noisy in ("httpx2", "httpcore2", "aiormq", "aio_pika", "websockets"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     return redactor

@@ -179,6 +179,20 @@ async def test_turns_run_one_at_a_time_in_the_order_they_joined(make: Factory) -
     assert not await a.busy(conversation)
 
 
+async def test_heads_line_never_claims_a_place_that_does_not_head_the_line(make: Factory) -> None:
+    a, b = await make(), await make()
+    conversation = f"conv_{uuid.uuid4().hex[:8]}"
+    await a.join_turn(conversation, "t1")
+    await b.join_turn(conversation, "t2")
+    assert not b.heads_line(conversation, "t2") and not a.heads_line(conversation, "t2")
+    # In one process the answer is known at once (the delivery fast path); a shared store
+    # only answers through `wait_turn`.
+    assert a.heads_line(conversation, "t1") == isinstance(a, LocalCoordinator)
+    await a.leave_turn(conversation, "t1")
+    assert not a.heads_line(conversation, "t1")
+    assert b.heads_line(conversation, "t2") == isinstance(b, LocalCoordinator)
+
+
 async def test_a_conversation_is_busy_while_any_live_owner_is_in_its_line(make: Factory) -> None:
     a, b = await make(), await make()
     conversation = f"conv_{uuid.uuid4().hex[:8]}"

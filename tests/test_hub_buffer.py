@@ -164,3 +164,22 @@ async def test_a_frame_that_keeps_killing_the_connection_is_dropped_and_the_rest
     assert client.dropped_frames == 1
     await client.close()
     await server.stop()
+
+
+def test_pooled_masking_keys_are_fresh_per_frame_and_read_in_blocks() -> None:
+    import websockets.frames
+
+    from service.sinks.hub.masks import PooledSecrets, install
+
+    install()
+    install()  # idempotent
+    assert isinstance(websockets.frames.secrets, PooledSecrets)
+    pool = PooledSecrets(block=64)
+    keys = [pool.token_bytes(4) for _ in range(64)]  # four blocks' worth
+    assert all(len(key) == 4 for key in keys)
+    assert len(set(keys)) > 60  # 2**32 values: repeats are (almost) impossible
+    frame = websockets.frames.Frame(websockets.frames.Opcode.TEXT, b"hello")
+    masked = frame.serialize(mask=True)
+    assert len(masked) == 2 + 4 + 5
+    key, body = masked[2:6], masked[6:]
+    assert bytes(b ^ key[i % 4] for i, b in enumerate(body)) == b"hello"

@@ -127,3 +127,33 @@ async def test_hub_client_overflow_drops_oldest_and_reports_the_channel_lossy() 
     assert client.queue_depth == 16
     assert await client.drain("c1", timeout=0.05) is False
     await client.close(flush_timeout=0)
+
+
+async def test_streams_waiting_in_one_window_share_one_flush_and_leave_it_when_flushed_early() -> (
+    None
+):
+    hubs = [ListHub() for _ in range(3)]
+    streams = [
+        HubStreamer(
+            h, channel=f"c{i}", message_id=f"m{i}", thread_id=f"c{i}", flush_ms=40, flush_chars=5
+        )
+        for i, h in enumerate(hubs)
+    ]
+    for s in streams:
+        s.start()
+        await s.on_text_delta("a")  # the first words go out on the next loop turn
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    for s in streams:
+        await s.on_text_delta("b")  # now each waits for the window
+    await streams[2].on_text_delta("cdefg")  # over flush_chars: out at once, off the ticker
+    assert hubs[2].sent[-1]["delta"] == "bcdefg"
+    assert [p["status"] for p in hubs[0].sent][-1] == "in_progress"
+    assert hubs[0].sent[-1]["delta"] == "a"
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while hubs[0].sent[-1]["delta"] != "b" and loop.time() < deadline:
+        await asyncio.sleep(0.005)
+    # Both waiting streams flushed by the same tick; the early one sent nothing more.
+    assert hubs[0].sent[-1]["delta"] == "b" and hubs[1].sent[-1]["delta"] == "b"
+    assert len(hubs[2].sent) == 4

@@ -126,7 +126,7 @@ class CancelControl:
 
     async def arrived(self, raw: object) -> None:
         """Apply `on_busy` to a request that has just arrived (held, its turn reserved)."""
-        held = next((h for h in self._deliveries.held if h.raw is raw), None)
+        held = self._deliveries.held_of(raw)  # not a scan of every held request (quadratic)
         if held is None or held.stop is not None:
             return
         if await self._tombstoned(held.message_id):
@@ -144,6 +144,14 @@ class CancelControl:
             # Interrupt and rollback need no busy test: whatever any replica holds of the
             # conversation ends (nothing, when it is idle).
             await self._interrupt_everywhere(held, erase=requested.erases_others)
+            return
+        if not requested.rejects_itself:
+            # Enqueue: its turn (reserved on arrival, shared through the coordinator) already
+            # makes it wait; asking the store whether the conversation is busy would only
+            # delay its `started` for a log line, written here when busy in this process.
+            if others:
+                log.info("message_id=%s waits its turn on conversation %s", held.message_id,
+                         conversation_id)  # fmt: skip
             return
         busy = bool(others) or await self._busy_elsewhere(conversation_id)
         policy = on_arrival(held.request.on_busy, self._on_busy, busy=busy)

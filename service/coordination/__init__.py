@@ -91,6 +91,10 @@ class Coordinator(Protocol):
     async def wait_turn(self, conversation_id: str, ticket: str) -> None:
         """Return once `ticket` heads the line (earlier places of dead owners are skipped)."""
 
+    def heads_line(self, conversation_id: str, ticket: str) -> bool:
+        """True when `ticket` is known, without waiting, to head the line already (a fast
+        path: False means only "ask `wait_turn`")."""
+
     async def leave_turn(self, conversation_id: str, ticket: str) -> None:
         """Leave the line (idempotent); the next place may run."""
 

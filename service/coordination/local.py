@@ -148,6 +148,8 @@ class LocalStore:
 
     def _evict(self) -> None:
         # Oldest first, never a run a live owner holds.
+        if self.bytes_used <= self.max_bytes:
+            return  # the usual case: no copy of every record on each put (5,000 runs: quadratic)
         for message_id in list(self.runs):
             if self.bytes_used <= self.max_bytes:
                 break
@@ -275,6 +277,10 @@ class LocalCoordinator:
                 return
             event = self.store.changed.setdefault(conversation_id, asyncio.Event())
             await event.wait()
+
+    def heads_line(self, conversation_id: str, ticket: str) -> bool:
+        line = self.store.line(conversation_id)
+        return bool(line) and line[0] == (self.owner, ticket)
 
     async def leave_turn(self, conversation_id: str, ticket: str) -> None:
         line = self.store.lines.get(conversation_id)

@@ -260,6 +260,9 @@ class RedisCoordinator:
             [self._place(ticket), self._record_ms],
         )
 
+    def heads_line(self, conversation_id: str, ticket: str) -> bool:
+        return False  # known only to the store: `wait_turn` asks it
+
     async def wait_turn(self, conversation_id: str, ticket: str) -> None:
         # Polled (the line's head may die without telling anyone); a place left by this
         # process wakes its own waiters at once.

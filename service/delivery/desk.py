@@ -141,6 +141,13 @@ class Deliveries:
         self._arrivals[id(raw)] = arrival
         return arrival
 
+    def held_of(self, raw: object) -> Held | None:
+        """The held request of a delivery between `arrive` and `settle` (None otherwise)."""
+        arrival = self._arrivals.get(id(raw))
+        if isinstance(arrival, Accepted) and arrival.held.raw is raw:
+            return arrival.held
+        return None
+
     async def settle(self, raw: AbstractIncomingMessage) -> None:
         """See the delivery through to its end: ack, nack or dead-letter, exactly once."""
         arrival = self._arrivals.pop(id(raw), None)
@@ -294,6 +301,17 @@ class Deliveries:
 
     async def _wait_turn(self, held: Held, ticket: str) -> bool:
         """Wait for the local turn, then the shared one; False if ended or returned meanwhile."""
+        if held.turn.ready and not held.stopping.is_set():
+            # The usual case, an idle conversation: no waiter tasks on the way to `started`.
+            await self.coordinator.join_turn(held.conversation_id, ticket)
+            if not held.stopping.is_set() and self.coordinator.heads_line(
+                held.conversation_id, ticket
+            ):
+                return True
+            return await self._wait_turn_slowly(held, ticket, joined=True)
+        return await self._wait_turn_slowly(held, ticket, joined=False)
+
+    async def _wait_turn_slowly(self, held: Held, ticket: str, *, joined: bool) -> bool:
         stopping = asyncio.ensure_future(held.stopping.wait())
         try:
             if not held.turn.ready:
@@ -301,7 +319,9 @@ class Deliveries:
                 await asyncio.wait({turn, stopping}, return_when=asyncio.FIRST_COMPLETED)
                 turn.cancel()
             while not held.stopping.is_set():
-                await self.coordinator.join_turn(held.conversation_id, ticket)
+                if not joined:
+                    await self.coordinator.join_turn(held.conversation_id, ticket)
+                joined = False  # a lost place is joined again, at the back
                 shared = asyncio.ensure_future(
                     self.coordinator.wait_turn(held.conversation_id, ticket)
                 )

@@ -67,13 +67,28 @@ class HeldRequests:
 
     def __init__(self) -> None:
         self._by_id: dict[str, Held] = {}
+        # By conversation too: every arrival asks for its conversation's others, and a scan
+        # of all held requests per arrival is quadratic in a burst (5,000 held: seconds).
+        self._by_conversation: dict[str, dict[str, Held]] = {}
 
     def add(self, held: Held) -> None:
+        replaced = self._by_id.get(held.message_id)
+        if replaced is not None and replaced.conversation_id != held.conversation_id:
+            self._unindex(replaced)
         self._by_id[held.message_id] = held
+        self._by_conversation.setdefault(held.conversation_id, {})[held.message_id] = held
 
     def discard(self, held: Held) -> None:
         if self._by_id.get(held.message_id) is held:
             del self._by_id[held.message_id]
+            self._unindex(held)
+
+    def _unindex(self, held: Held) -> None:
+        conversation = self._by_conversation.get(held.conversation_id)
+        if conversation is not None and conversation.get(held.message_id) is held:
+            del conversation[held.message_id]
+            if not conversation:
+                del self._by_conversation[held.conversation_id]
 
     def get(self, message_id: str) -> Held | None:
         return self._by_id.get(message_id)
@@ -90,7 +105,7 @@ class HeldRequests:
         ]
 
     def in_conversation(self, conversation_id: str) -> list[Held]:
-        return [h for h in self._by_id.values() if h.conversation_id == conversation_id]
+        return list(self._by_conversation.get(conversation_id, {}).values())
 
     def in_state(self, state: HeldState) -> list[Held]:
         return [h for h in self._by_id.values() if h.state is state]

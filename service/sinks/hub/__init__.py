@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from service.sinks.hub.base import BufferedHub, Hub, HubRefused, PayloadMode
 from service.sinks.hub.envelope import EnvelopeHub
+from service.sinks.hub.masks import install as install_pooled_masks
 from service.sinks.hub.nchan import NchanHttpHub, NchanWebSocketHub
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ __all__ = [
 
 def hub_from_settings(settings: Settings) -> BufferedHub:
     """The hub client for `HUB_PROTOCOL` and `WEBSOCKET_URI` (not started yet)."""
+    install_pooled_masks()  # masking keys 4 KiB at a time from the OS (module `masks`)
     kind: type[BufferedHub] = EnvelopeHub
     if settings.hub_protocol == "nchan":
         http = settings.websocket_uri.startswith(("http://", "https://"))
