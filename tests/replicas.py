@@ -15,11 +15,16 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from tests.harness import ServiceNames, ServiceProcess
+import redis.asyncio as aioredis
+
+from tests.conftest import Fakes
+from tests.fakes.turns import TurnRecorder
+from tests.harness import RABBITMQ_URL, Broker, ServiceNames, ServiceProcess, service_env
 
 _LISTENING = re.compile(r"(?:http: listening on|Uvicorn running on) (http://[\w.:\[\]-]+)")
 _ACCEPTED = re.compile(r"accepted\b.*?message_id=(?P<id>[^\s,]+)")
@@ -188,3 +193,60 @@ async def delete_shard_queues(url: str, queue: str, shards: int = 12) -> None:
                 channel = await connection.channel()
     finally:
         await connection.close()
+
+
+async def delete_redis_keys(url: str, prefix: str) -> None:
+    """Remove the keys a replica set wrote under its QUEUE_NAME prefix (never the database)."""
+    client = aioredis.from_url(url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=500)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+@dataclass
+class RunningReplicas:
+    """A started replica set in replica mode, its names, a test broker and the turn recorder."""
+
+    names: ServiceNames
+    broker: Broker
+    group: ReplicaGroup
+    recorder: TurnRecorder
+
+
+@contextlib.asynccontextmanager
+async def replica_set(
+    fakes: Fakes,
+    log_dir: Path,
+    *,
+    prefix: str,
+    count: int,
+    redis_url: str,
+    shards: int,
+    **env: Any,
+) -> AsyncIterator[RunningReplicas]:
+    """`count` replicas in replica mode (REDIS_URL) behind a turn-recording model proxy; on
+    exit every process stops and the queues and Redis keys they made are removed."""
+    recorder = TurnRecorder(fakes.openai.base_url)
+    await fakes.on_loop(recorder.start())
+    names = ServiceNames.fresh(prefix)
+    broker = await Broker.open(names)
+    settings = service_env(
+        names,
+        {**fakes.urls(), "OPENAI_BASE_URL": recorder.base_url},
+        REDIS_URL=redis_url,
+        REPLICA_SHARDS=shards,
+        **env,
+    )
+    group = ReplicaGroup(names, settings, log_dir, count)
+    try:
+        await group.start_all()
+        yield RunningReplicas(names, broker, group, recorder)
+    finally:
+        group.stop_all()
+        await delete_shard_queues(RABBITMQ_URL, names.queue, shards)
+        await broker.cleanup()
+        await delete_redis_keys(redis_url, names.queue)
+        await fakes.on_loop(recorder.stop())

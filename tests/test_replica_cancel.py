@@ -28,8 +28,8 @@ from tests.cancel_helpers import LONG, final_payload, streamed_text
 from tests.conftest import Fakes
 from tests.fakes.script import Text
 from tests.fakes.turns import Turn, TurnRecorder, overlaps
-from tests.harness import RABBITMQ_URL, Broker, ServiceNames, service_env
-from tests.replicas import ReplicaGroup, delete_shard_queues
+from tests.harness import Broker, ServiceNames
+from tests.replicas import ReplicaGroup, replica_set
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(60)]
 
@@ -106,40 +106,19 @@ def assert_cancelled(event: dict[str, Any], payloads: list[dict[str, Any]]) -> N
     assert event["text"] == streamed_text(payloads)
 
 
-async def _delete_keys(prefix: str) -> None:
-    client = aioredis.from_url(REDIS_URL)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=500)]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
-
-
 @pytest.fixture(scope="module")
 async def rs(fakes: Fakes, log_dir: Path) -> AsyncIterator[Replicas]:
-    recorder = TurnRecorder(fakes.openai.base_url)
-    await fakes.on_loop(recorder.start())
-    names = ServiceNames.fresh("rcx")
-    broker = await Broker.open(names)
-    env = service_env(
-        names,
-        {**fakes.urls(), "OPENAI_BASE_URL": recorder.base_url},
-        REDIS_URL=REDIS_URL,
-        REPLICA_SHARDS=SHARDS,
+    async with replica_set(
+        fakes,
+        log_dir,
+        prefix="rcx",
+        count=2,
+        redis_url=REDIS_URL,
+        shards=SHARDS,
         LEASE_TTL=3,
         SHUTDOWN_GRACE=5,
-    )
-    group = ReplicaGroup(names, env, log_dir, 2)
-    try:
-        await group.start_all()
-        yield Replicas(names, broker, group, fakes, recorder)
-    finally:
-        group.stop_all()
-        await delete_shard_queues(RABBITMQ_URL, names.queue, SHARDS)
-        await broker.cleanup()
-        await _delete_keys(names.queue)
-        await fakes.on_loop(recorder.stop())
+    ) as running:
+        yield Replicas(running.names, running.broker, running.group, fakes, running.recorder)
 
 
 async def test_cancel_by_message_id_ends_the_running_request_on_whichever_replica_holds_it(

@@ -22,8 +22,8 @@ from service.sharding.registry import ShardRegistry
 from tests.conftest import Fakes
 from tests.fakes.script import Text
 from tests.fakes.turns import TurnRecorder, overlaps
-from tests.harness import RABBITMQ_URL, Broker, ServiceNames, service_env
-from tests.replicas import ReplicaGroup, close_connections, delete_shard_queues
+from tests.harness import Broker, ServiceNames
+from tests.replicas import ReplicaGroup, close_connections, delete_redis_keys, replica_set
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -99,40 +99,19 @@ class Cluster:
             assert firsts == texts, (conversation, firsts, texts)
 
 
-async def _delete_keys(prefix: str) -> None:
-    client = aioredis.from_url(REDIS_URL)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=500)]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
-
-
 @pytest.fixture(scope="module")
 async def cluster(fakes: Fakes, log_dir: Path) -> AsyncIterator[Cluster]:
-    recorder = TurnRecorder(fakes.openai.base_url)
-    await fakes.on_loop(recorder.start())
-    names = ServiceNames.fresh("rep")
-    broker = await Broker.open(names)
-    env = service_env(
-        names,
-        {**fakes.urls(), "OPENAI_BASE_URL": recorder.base_url},
-        REDIS_URL=REDIS_URL,
-        REPLICA_SHARDS=SHARDS,
+    async with replica_set(
+        fakes,
+        log_dir,
+        prefix="rep",
+        count=3,
+        redis_url=REDIS_URL,
+        shards=SHARDS,
         LEASE_TTL=3,
         SHUTDOWN_GRACE=10,
-    )
-    group = ReplicaGroup(names, env, log_dir, 3)
-    try:
-        await group.start_all()
-        yield Cluster(names, broker, group, fakes, recorder)
-    finally:
-        group.stop_all()
-        await delete_shard_queues(RABBITMQ_URL, names.queue, SHARDS)
-        await broker.cleanup()
-        await _delete_keys(names.queue)
-        await fakes.on_loop(recorder.stop())
+    ) as running:
+        yield Cluster(running.names, running.broker, running.group, fakes, running.recorder)
 
 
 # -- placement and leases (no service process) ------------------------------------------------
@@ -175,7 +154,7 @@ async def test_a_shard_lease_is_taken_only_when_free_and_expires_when_not_renewe
         assert await registry.shard_of("conv_x", 1, 60) == (1, True)
         assert await registry.shard_of("conv_x", 0, 60) == (1, False)
     finally:
-        await _delete_keys(prefix)
+        await delete_redis_keys(REDIS_URL, prefix)
         await client.aclose()
 
 
