@@ -146,3 +146,13 @@ def final_payload(payloads: list[dict[str, Any]]) -> dict[str, Any]:
 
 def streamed_text(payloads: list[dict[str, Any]]) -> str:
     return "".join(p.get("delta") or "" for p in payloads if p["type"] == "response")
+
+
+def assert_cancelled(event: dict[str, Any], payloads: list[dict[str, Any]]) -> None:
+    """One `cancelled` final payload and a `failed` event carrying the partial answer."""
+    final = final_payload(payloads)
+    assert final["type"] == "error"
+    assert final["error"] == {"code": "cancelled", "retryable": False}
+    assert event["event"] == "failed"
+    assert event["code"] == "cancelled" and event["retryable"] is False
+    assert event["text"] == streamed_text(payloads)

@@ -19,10 +19,10 @@ import pytest
 from tests.cancel_helpers import (
     LONG,
     CancelStack,
+    assert_cancelled,
     cancel_stack,
     cancels,
     final_payload,
-    streamed_text,
     token,
 )
 from tests.conftest import BACKENDS, Fakes
@@ -39,16 +39,6 @@ async def cs(
 ) -> AsyncIterator[CancelStack]:
     async with cancel_stack(fakes, log_dir, request.param) as stack:
         yield stack
-
-
-def assert_cancelled(event: dict[str, object], payloads: list[dict[str, object]]) -> None:
-    """One `cancelled` final payload and a `failed` event carrying the partial answer."""
-    final = final_payload(payloads)  # type: ignore[arg-type]
-    assert final["type"] == "error"
-    assert final["error"] == {"code": "cancelled", "retryable": False}
-    assert event["event"] == "failed"
-    assert event["code"] == "cancelled" and event["retryable"] is False
-    assert event["text"] == streamed_text(payloads)  # type: ignore[arg-type]
 
 
 async def test_cancel_by_message_id_stops_the_model_stream_within_a_second(

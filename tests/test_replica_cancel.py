@@ -24,7 +24,7 @@ import pytest
 import redis.asyncio as aioredis
 import yaml
 
-from tests.cancel_helpers import LONG, final_payload, streamed_text
+from tests.cancel_helpers import LONG, assert_cancelled, final_payload, streamed_text
 from tests.conftest import Fakes
 from tests.fakes.script import Text
 from tests.fakes.turns import Turn, TurnRecorder, overlaps
@@ -97,13 +97,6 @@ class Replicas:
         """What the model was given on each turn, one string per turn."""
         turns = self.fakes.openai.conversation_items.seen(conversation)
         return [" | ".join(t.texts()) for t in turns]
-
-
-def assert_cancelled(event: dict[str, Any], payloads: list[dict[str, Any]]) -> None:
-    final = final_payload(payloads)
-    assert final["type"] == "error" and final["error"] == {"code": "cancelled", "retryable": False}
-    assert event["event"] == "failed" and event["code"] == "cancelled"
-    assert event["text"] == streamed_text(payloads)
 
 
 @pytest.fixture(scope="module")
