@@ -17,8 +17,8 @@ from tests.cluster import RabbitCluster
 from tests.conftest import Fakes
 from tests.fakes.turns import TurnRecorder
 from tests.harness import Broker, ServiceNames, service_env
-from tests.replicas import ReplicaGroup
-from tests.test_replicas import REDIS_URL, SHARDS, Cluster, _delete_keys, slow, tag
+from tests.replicas import ReplicaGroup, delete_redis_keys
+from tests.test_replicas import REDIS_URL, SHARDS, Cluster, slow, tag
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -84,7 +84,7 @@ async def quorum(
     finally:
         group.stop_all()
         await broker.connection.close()
-        await _delete_keys(names.queue)
+        await delete_redis_keys(REDIS_URL, names.queue)
         await fakes.on_loop(recorder.stop())
         await _restore(rabbit)
 
