@@ -34,8 +34,8 @@ from tests.fakes.hub import RecordingHub
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.script import Text
 from tests.harness import Broker, ServiceNames, service_env
-from tests.replicas import ReplicaGroup
-from tests.test_replicas import REDIS_URL, _delete_keys
+from tests.replicas import ReplicaGroup, delete_redis_keys
+from tests.test_replicas import REDIS_URL
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHARDS = 12
@@ -63,7 +63,7 @@ async def _close(group: ReplicaGroup, broker: Broker) -> None:
         except Exception:
             channel = await broker.connection.channel()
     await broker.cleanup()
-    await _delete_keys(group.names.queue)
+    await delete_redis_keys(REDIS_URL, group.names.queue)
 
 
 async def _publish(broker: Broker, bodies: list[dict[str, Any]]) -> dict[str, float]:
