@@ -16,8 +16,9 @@ from typing import Any
 
 import aio_pika
 import httpx2
+import pytest
 
-from tests.conftest import Fakes, Stack, start_stack
+from tests.conftest import BACKENDS, Fakes, Stack, start_stack
 
 LONG = tuple(f"w{i} " for i in range(400))
 """A long answer: 400 chunks; with `interval=0.02` about 8 s, always cancelled early."""
@@ -156,3 +157,12 @@ def assert_cancelled(event: dict[str, Any], payloads: list[dict[str, Any]]) -> N
     assert event["event"] == "failed"
     assert event["code"] == "cancelled" and event["retryable"] is False
     assert event["text"] == streamed_text(payloads)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+async def cs(
+    request: pytest.FixtureRequest, fakes: Fakes, log_dir: Path
+) -> AsyncIterator[CancelStack]:
+    """A service on each backend with its /metrics reachable (one per test module)."""
+    async with cancel_stack(fakes, log_dir, request.param) as stack:
+        yield stack

@@ -11,7 +11,6 @@ import asyncio
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -22,23 +21,18 @@ from tests.cancel_helpers import (
     assert_cancelled,
     cancel_stack,
     cancels,
+    cs,
     final_payload,
     token,
 )
-from tests.conftest import BACKENDS, Fakes
+from tests.conftest import Fakes
 from tests.fakes.conversation_items import describe
 from tests.fakes.script import Text, ToolCall
 from tests.harness import ROOT, ServiceProcess
 
+__all__ = ["cs"]  # fixtures
+
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(60)]
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-async def cs(
-    request: pytest.FixtureRequest, fakes: Fakes, log_dir: Path
-) -> AsyncIterator[CancelStack]:
-    async with cancel_stack(fakes, log_dir, request.param) as stack:
-        yield stack
 
 
 async def test_cancel_by_message_id_stops_the_model_stream_within_a_second(

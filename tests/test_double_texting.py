@@ -4,31 +4,21 @@ given on the next turn checked on the fake; an invalid `on_busy` is an invalid r
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 
 from tests.cancel_helpers import (
     LONG,
     CancelStack,
-    cancel_stack,
+    cs,
     final_payload,
     streamed_text,
     token,
 )
-from tests.conftest import BACKENDS, Fakes
 from tests.fakes.script import Text, ToolCall
 
+__all__ = ["cs"]  # fixtures
+
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(60)]
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-async def cs(
-    request: pytest.FixtureRequest, fakes: Fakes, log_dir: Path
-) -> AsyncIterator[CancelStack]:
-    async with cancel_stack(fakes, log_dir, request.param) as stack:
-        yield stack
 
 
 async def start_long_answer(cs: CancelStack, tag: str) -> dict[str, str]:
